@@ -1,0 +1,135 @@
+"""The backbone contract: a module returning a list of feature maps, described by ``feature_info``.
+
+Heads are built from ``feature_info`` alone, so any backbone that honours this contract (ours, a timm or
+torchvision wrapper, or a third-party plug-in) works with every head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Sequence, Tuple
+
+import torch
+from torch import nn
+
+__all__ = ["FeatureSpec", "FeatureInfo", "Backbone"]
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Description of one output map.
+
+    Attributes:
+        name: the module producing the map (``"layer2"``); stable across output strides.
+        channels: number of channels C of the map.
+        stride: actual stride with respect to the input, after dilation: the map is ``ceil(H / stride)`` high.
+        dilation: dilation of the last 3x3 convolution producing the map (1 when undilated).
+    """
+
+    name: str
+    channels: int
+    stride: int
+    dilation: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.channels, int) or self.channels < 1:
+            raise ValueError(f"FeatureSpec.channels must be a positive int, got {self.channels!r}")
+        if not isinstance(self.stride, int) or self.stride < 1:
+            raise ValueError(f"FeatureSpec.stride must be a positive int, got {self.stride!r}")
+
+
+class FeatureInfo(tuple):
+    """An immutable sequence of :class:`FeatureSpec`, shallow to deep, aligned with a backbone's outputs.
+
+    Built once next to the modules it describes, and checked for consistency: names are unique and strides
+    never decrease from one map to the next.
+    """
+
+    def __new__(cls, specs: Sequence[FeatureSpec]) -> "FeatureInfo":
+        specs = tuple(specs)
+        if not specs:
+            raise ValueError("FeatureInfo needs at least one FeatureSpec")
+        for s in specs:
+            if not isinstance(s, FeatureSpec):
+                raise TypeError(f"FeatureInfo takes FeatureSpec records, got {type(s).__name__}")
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"FeatureInfo names must be unique, got {names}")
+        strides = [s.stride for s in specs]
+        if any(b < a for a, b in zip(strides, strides[1:])):
+            raise ValueError(f"FeatureInfo strides must not decrease from shallow to deep, got {strides}")
+        return super().__new__(cls, specs)
+
+    @property
+    def channels(self) -> List[int]:
+        return [s.channels for s in self]
+
+    @property
+    def strides(self) -> List[int]:
+        return [s.stride for s in self]
+
+    @property
+    def names(self) -> List[str]:
+        return [s.name for s in self]
+
+    def by_stride(self, stride: int) -> int:
+        """Index of the map with actual stride ``stride`` (the deepest one if several share it)."""
+        matches = [i for i, s in enumerate(self) if s.stride == stride]
+        if not matches:
+            raise KeyError(stride)
+        return matches[-1]
+
+    def __repr__(self) -> str:
+        return "FeatureInfo(" + ", ".join(f"{s.name}: C={s.channels} s={s.stride}" for s in self) + ")"
+
+
+class Backbone(nn.Module):
+    """Base class documenting the contract every registered backbone follows.
+
+    Subclasses set ``self.feature_info`` (a :class:`FeatureInfo`) in ``__init__`` and implement
+    ``forward(x) -> List[Tensor]``, returning one map per ``feature_info`` entry in the same order, where map
+    ``i`` has shape ``(N, feature_info[i].channels, ceil(H / s_i), ceil(W / s_i))`` with
+    ``s_i = feature_info[i].stride``.
+
+    Attributes:
+        feature_info: channels and actual stride of every output map.
+        out_channels: ``feature_info.channels``.
+        size_divisibility: the largest actual stride. Inputs of any size are accepted; padding an input to a
+            multiple of this makes every map align exactly with the input grid (detectron2 convention).
+        in_chans: expected number of input channels.
+    """
+
+    feature_info: FeatureInfo
+    in_chans: int = 3
+
+    @property
+    def out_channels(self) -> List[int]:
+        return self.feature_info.channels
+
+    @property
+    def out_strides(self) -> List[int]:
+        return self.feature_info.strides
+
+    @property
+    def size_divisibility(self) -> int:
+        return max(self.feature_info.strides)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``x`` is an ``(N, in_chans, H, W)`` floating tensor."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{type(self).__name__} expects a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(
+                f"{type(self).__name__} expects a 4-D (N, C, H, W) tensor, got shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"{type(self).__name__} expects {self.in_chans} input channels, got {x.shape[1]} "
+                f"(input shape {tuple(x.shape)})"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"{type(self).__name__} expects a floating-point tensor, got {x.dtype}")
+
+    def output_shapes(self, height: int, width: int) -> List[Tuple[int, int, int]]:
+        """The ``(C, h, w)`` of each output for an ``H x W`` input, without running the network."""
+        return [(s.channels, -(-height // s.stride), -(-width // s.stride)) for s in self.feature_info]
