@@ -99,8 +99,10 @@ class Backbone(nn.Module):
         in_chans: expected number of input channels.
     """
 
-    feature_info: FeatureInfo
-    in_chans: int = 3
+    # TorchScript compiles only forward(); the metadata is Python-side description, not part of the graph.
+    __jit_unused_properties__ = ["out_channels", "out_strides", "size_divisibility"]
+    __jit_ignored_attributes__ = ["feature_info"]
+    in_chans = 3
 
     @property
     def out_channels(self) -> List[int]:

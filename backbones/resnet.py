@@ -104,6 +104,28 @@ class Bottleneck(nn.Module):
 Block = Union[Type[BasicBlock], Type[Bottleneck]]
 
 
+class Stage(nn.Sequential):
+    """A sequence of blocks (``layer1``...``layer4``) that can recompute its activations in backward.
+
+    Subclassing ``nn.Sequential`` keeps torchvision's parameter names (``layer1.0.conv1.weight``).
+    """
+
+    def __init__(self, *blocks: nn.Module) -> None:
+        super().__init__(*blocks)
+        self.grad_checkpointing = False
+
+    @torch.jit.unused
+    def _checkpointed(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.utils.checkpoint.checkpoint(super().forward, x, use_reentrant=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting() and self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return self._checkpointed(x)
+        for block in self:
+            x = block(x)
+        return x
+
+
 class ResNet(Backbone):
     """ResNet feature extractor returning the maps selected by ``out_strides``, shallow to deep.
 
@@ -194,10 +216,11 @@ class ResNet(Backbone):
         self.feature_info = FeatureInfo([specs[i] for i in self.out_indices])
         self._init_weights(zero_init_residual)
         self._freeze_stages()
+        self.set_grad_checkpointing(checkpoint_stages)
 
     def _make_stage(self, block: Block, planes: int, blocks: int, *, stride: int, dilation: int,
                     first_dilation: int, multi_grid: Optional[Tuple[int, ...]], norm_layer: NormLayer
-                    ) -> nn.Sequential:
+                    ) -> Stage:
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
@@ -215,7 +238,7 @@ class ResNet(Backbone):
                                  first_dilation=first_d, downsample=downsample if i == 0 else None,
                                  norm_layer=norm_layer))
             self.inplanes = planes * block.expansion
-        return nn.Sequential(*blocks_)
+        return Stage(*blocks_)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
         for m in self.modules():
@@ -255,14 +278,12 @@ class ResNet(Backbone):
                         m.eval()
         return self
 
-    @torch.jit.unused
-    def _checkpointed(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
-
-    def _run(self, stage: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting() and self.checkpoint_stages and self.training and torch.is_grad_enabled():
-            return self._checkpointed(stage, x)
-        return stage(x)
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Turn activation checkpointing of every stage on or off (see ``checkpoint_stages``)."""
+        self.checkpoint_stages = enable
+        for m in self.modules():
+            if isinstance(m, Stage):
+                m.grad_checkpointing = enable
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         """``(N, in_chans, H, W)`` -> list of maps, one per ``feature_info`` entry."""
@@ -273,19 +294,19 @@ class ResNet(Backbone):
         if 0 in self.out_indices:
             outs.append(x)
         if self.num_stages >= 1:
-            x = self._run(self.layer1, self.maxpool(x))
+            x = self.layer1(self.maxpool(x))
             if 1 in self.out_indices:
                 outs.append(x)
         if self.num_stages >= 2:
-            x = self._run(self.layer2, x)
+            x = self.layer2(x)
             if 2 in self.out_indices:
                 outs.append(x)
         if self.num_stages >= 3:
-            x = self._run(self.layer3, x)
+            x = self.layer3(x)
             if 3 in self.out_indices:
                 outs.append(x)
         if self.num_stages >= 4:
-            x = self._run(self.layer4, x)
+            x = self.layer4(x)
             if 4 in self.out_indices:
                 outs.append(x)
         return outs
