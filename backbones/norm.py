@@ -99,9 +99,20 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
 
     Works on any module tree. Returns the converted module (a new object if ``module`` itself is a
     BatchNorm, otherwise ``module`` modified in place). Statistics and affine parameters are copied, so the
-    eval-mode output is unchanged.
+    eval-mode output is unchanged. timm's fused ``BatchNormAct2d`` becomes timm's ``FrozenBatchNormAct2d``
+    (keeping its activation); any other BatchNorm subclass with its own ``forward`` raises ``TypeError``
+    rather than silently losing what that forward adds.
     """
     if isinstance(module, BATCHNORM_TYPES):
+        if type(module).forward not in _PLAIN_BN_FORWARDS or any(True for _ in module.children()):
+            norm_act = _timm_norm_act(module)
+            if norm_act is not None and isinstance(module, (norm_act.BatchNormAct2d, norm_act.SyncBatchNormAct)):
+                return norm_act.freeze_batch_norm_2d(module)
+            raise TypeError(
+                f"cannot freeze {type(module).__module__}.{type(module).__qualname__}: a BatchNorm subclass with "
+                f"its own forward or submodules; only BatchNorm2d, SyncBatchNorm and timm's BatchNormAct2d are "
+                f"converted"
+            )
         frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
         with torch.no_grad():
             if module.affine:
@@ -119,25 +130,52 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
 
 
 def unfreeze_batchnorm(module: nn.Module, *, sync: bool = False) -> nn.Module:
-    """Replace every ``FrozenBatchNorm2d`` in ``module`` by a trainable ``BatchNorm2d`` (or ``SyncBatchNorm``).
+    """Replace every frozen BatchNorm in ``module`` by a trainable ``BatchNorm2d`` (or ``SyncBatchNorm``).
 
     The inverse of :func:`freeze_batchnorm`: statistics and affine parameters are copied so the eval-mode
-    output is unchanged.
+    output is unchanged. Converts this project's and torchvision's ``FrozenBatchNorm2d`` (torchvision's
+    detection models use it), and timm's ``FrozenBatchNormAct2d`` back to timm's ``BatchNormAct2d``.
     """
-    if isinstance(module, FrozenBatchNorm2d):
+    if _is_frozen_bn(module):
         cls = nn.SyncBatchNorm if sync else nn.BatchNorm2d
-        bn = cls(module.num_features, eps=module.eps)
+        bn = cls(module.weight.numel(), eps=module.eps)
         with torch.no_grad():
             bn.weight.copy_(module.weight)
             bn.bias.copy_(module.bias)
             bn.running_mean.copy_(module.running_mean)
             bn.running_var.copy_(module.running_var)
         return bn.to(device=module.weight.device)
+    norm_act = _timm_norm_act(module)
+    if norm_act is not None and isinstance(module, norm_act.FrozenBatchNormAct2d):
+        return norm_act.unfreeze_batch_norm_2d(module)
     for name, child in module.named_children():
         new = unfreeze_batchnorm(child, sync=sync)
         if new is not child:
             setattr(module, name, new)
     return module
+
+
+_PLAIN_BN_FORWARDS = (nn.BatchNorm2d.forward, nn.SyncBatchNorm.forward)
+
+
+def _is_frozen_bn(module: nn.Module) -> bool:
+    if isinstance(module, FrozenBatchNorm2d):
+        return True
+    if type(module).__module__.startswith(("torchvision.", "timm.")):
+        # Imported only when such a module is met: backbones itself needs neither library to convert its own.
+        from torchvision.ops.misc import FrozenBatchNorm2d as TorchvisionFrozenBatchNorm2d
+
+        return isinstance(module, TorchvisionFrozenBatchNorm2d)
+    return False
+
+
+def _timm_norm_act(module: nn.Module):
+    """timm's ``norm_act`` module when ``module`` comes from timm, else ``None``."""
+    if not type(module).__module__.startswith("timm."):
+        return None
+    from timm.layers import norm_act
+
+    return norm_act
 
 
 def _device_of(module: nn.Module) -> torch.device:

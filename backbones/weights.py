@@ -76,6 +76,8 @@ def resolve_weights(source: Union[str, os.PathLike], *, progress: bool = True) -
 def load_state_dict_file(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
     """Read a ``.pth``/``.pt`` (weights only) or ``.safetensors`` checkpoint into a flat ``{key: tensor}``."""
     path = Path(path)
+    if path.is_file() and path.stat().st_size == 0:
+        raise ValueError(f"cannot read checkpoint {str(path)!r}: the file is empty")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -84,14 +86,28 @@ def load_state_dict_file(path: Union[str, os.PathLike]) -> Dict[str, torch.Tenso
         else:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        # weights_only raises UnpicklingError both for a pickle that names a class or function (code to run)
+        # and for bytes that are no pickle at all; only the first deserves the "needs code" explanation.
+        needed = re.search(r"GLOBAL (\S+)", str(e))
+        if needed:
+            raise ValueError(
+                f"refusing to load {str(path)!r}: it is not a plain tensor checkpoint; unpickling it would run "
+                f"code ({needed.group(1)}), which weights_only=True forbids. Re-save it as a state dict: "
+                f"torch.save(model.state_dict(), path)"
+            ) from e
         raise ValueError(
-            f"refusing to load {str(path)!r}: it is not a plain tensor checkpoint (loading it would run pickled "
-            f"code, which weights_only=True forbids). Re-save it as a state dict: "
-            f"torch.save(model.state_dict(), path). Details: {str(e).splitlines()[0]}"
+            f"cannot read checkpoint {str(path)!r}: it is corrupt or not a PyTorch checkpoint "
+            f"({_last_line(str(e))})"
         ) from e
     except Exception as e:  # truncated or not a checkpoint at all
-        raise ValueError(f"cannot read checkpoint {str(path)!r}: {type(e).__name__}: {e}") from e
+        raise ValueError(f"cannot read checkpoint {str(path)!r}: {type(e).__name__}: {_last_line(str(e))}") from e
     return _flatten(obj, str(path))
+
+
+def _last_line(text: str) -> str:
+    # torch's loader messages end with the specific cause after paragraphs of generic advice.
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "documentation" not in ln]
+    return lines[-1] if lines else "no details"
 
 
 def _flatten(obj: object, where: str) -> Dict[str, torch.Tensor]:
