@@ -100,30 +100,42 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
     Works on any module tree. Returns the converted module (a new object if ``module`` itself is a
     BatchNorm, otherwise ``module`` modified in place). Statistics and affine parameters are copied, so the
     eval-mode output is unchanged. timm's fused ``BatchNormAct2d`` becomes timm's ``FrozenBatchNormAct2d``
-    (keeping its activation); any other BatchNorm subclass with its own ``forward`` raises ``TypeError``
-    rather than silently losing what that forward adds.
+    (keeping its activation).
+
+    Raises:
+        TypeError: a BatchNorm that cannot be frozen without changing its output (a subclass with its own
+            ``forward``, or one without running statistics); raised before anything is converted.
     """
+    for m in module.modules():
+        if isinstance(m, BATCHNORM_TYPES) and not _is_timm_bn_act(m):
+            if type(m).forward not in _PLAIN_BN_FORWARDS or any(True for _ in m.children()):
+                raise TypeError(
+                    f"cannot freeze {type(m).__module__}.{type(m).__qualname__}: a BatchNorm subclass with its "
+                    f"own forward or submodules; only BatchNorm2d, SyncBatchNorm and timm's BatchNormAct2d are "
+                    f"converted"
+                )
+            if m.running_mean is None:
+                raise TypeError(
+                    f"cannot freeze {type(m).__name__}({m.num_features}) built with track_running_stats=False: "
+                    f"it always normalizes with batch statistics, so there is nothing to freeze"
+                )
+    return _freeze(module)
+
+
+def _freeze(module: nn.Module) -> nn.Module:
+    if _is_timm_bn_act(module):
+        return _timm_norm_act(module).freeze_batch_norm_2d(module)
     if isinstance(module, BATCHNORM_TYPES):
-        if type(module).forward not in _PLAIN_BN_FORWARDS or any(True for _ in module.children()):
-            norm_act = _timm_norm_act(module)
-            if norm_act is not None and isinstance(module, (norm_act.BatchNormAct2d, norm_act.SyncBatchNormAct)):
-                return norm_act.freeze_batch_norm_2d(module)
-            raise TypeError(
-                f"cannot freeze {type(module).__module__}.{type(module).__qualname__}: a BatchNorm subclass with "
-                f"its own forward or submodules; only BatchNorm2d, SyncBatchNorm and timm's BatchNormAct2d are "
-                f"converted"
-            )
         frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
         with torch.no_grad():
             if module.affine:
                 frozen.weight.copy_(module.weight)
                 frozen.bias.copy_(module.bias)
-            if module.track_running_stats and module.running_mean is not None:
-                frozen.running_mean.copy_(module.running_mean)
-                frozen.running_var.copy_(module.running_var)
-        return frozen.to(device=_device_of(module))
+            frozen.running_mean.copy_(module.running_mean)
+            frozen.running_var.copy_(module.running_var)
+        return frozen.to(device=module.running_mean.device, dtype=module.running_mean.dtype)
     for name, child in module.named_children():
-        new = freeze_batchnorm(child)
+        new = _freeze(child)
         if new is not child:
             setattr(module, name, new)
     return module
@@ -144,7 +156,7 @@ def unfreeze_batchnorm(module: nn.Module, *, sync: bool = False) -> nn.Module:
             bn.bias.copy_(module.bias)
             bn.running_mean.copy_(module.running_mean)
             bn.running_var.copy_(module.running_var)
-        return bn.to(device=module.weight.device)
+        return bn.to(device=module.weight.device, dtype=module.weight.dtype)
     norm_act = _timm_norm_act(module)
     if norm_act is not None and isinstance(module, norm_act.FrozenBatchNormAct2d):
         return norm_act.unfreeze_batch_norm_2d(module)
@@ -169,6 +181,11 @@ def _is_frozen_bn(module: nn.Module) -> bool:
     return False
 
 
+def _is_timm_bn_act(module: nn.Module) -> bool:
+    norm_act = _timm_norm_act(module)
+    return norm_act is not None and isinstance(module, (norm_act.BatchNormAct2d, norm_act.SyncBatchNormAct))
+
+
 def _timm_norm_act(module: nn.Module):
     """timm's ``norm_act`` module when ``module`` comes from timm, else ``None``."""
     if not type(module).__module__.startswith("timm."):
@@ -176,9 +193,3 @@ def _timm_norm_act(module: nn.Module):
     from timm.layers import norm_act
 
     return norm_act
-
-
-def _device_of(module: nn.Module) -> torch.device:
-    for t in list(module.parameters()) + list(module.buffers()):
-        return t.device
-    return torch.device("cpu")
