@@ -7,13 +7,15 @@ Example::
     logits = model.eval()(images)  # (N, 21, H, W) at the input's exact size
 """
 
-from . import fcn  # noqa: F401  (registration side effects, one import per head)
+from .aspp import DeepLabV3Head, DeepLabV3PlusHead
 from .base import HEADS, Head, build_head, head_out_strides, list_heads, register_head
+from .bisenet import BiSeNetHead
 from .fcn import FCNHead
+from .fpn import SemanticFPNHead
 from .model import SegmentationModel, build_segmentor
 
 __all__ = [
     "HEADS", "Head", "build_head", "head_out_strides", "list_heads", "register_head",
-    "FCNHead",
+    "FCNHead", "DeepLabV3Head", "DeepLabV3PlusHead", "SemanticFPNHead", "BiSeNetHead",
     "SegmentationModel", "build_segmentor",
 ]

@@ -11,7 +11,7 @@ from torchvision.ops.misc import Conv2dNormActivation
 
 from backbones.norm import get_norm_layer
 
-__all__ = ["HEAD_NORMS", "check_head_norm", "conv_norm_act", "resize_to"]
+__all__ = ["HEAD_NORMS", "ImagePooling", "check_head_norm", "conv_norm_act", "resize_to"]
 
 # Norms a head accepts; frozen BN makes no sense for a freshly initialised head.
 HEAD_NORMS = ("bn", "gn", "sync_bn")
@@ -36,3 +36,23 @@ def conv_norm_act(in_channels: int, out_channels: int, kernel_size: int = 3, *, 
 def resize_to(x: torch.Tensor, size: List[int]) -> torch.Tensor:
     """Bilinear resize of ``(N, C, h, w)`` to ``(N, C, *size)`` (``align_corners=False``, export friendly)."""
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class ImagePooling(nn.Module):
+    """Global average pool -> 1x1 conv (with bias) -> ReLU, broadcast back to the map size.
+
+    No norm layer: the pooled map is 1x1, so BatchNorm would see a single value per channel and fail with
+    batch size 1 in training mode; the conv bias takes the norm's place.
+
+    Shape: ``(N, C, h, w) -> (N, out_channels, h, w)``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # mean over H, W rather than AdaptiveAvgPool2d: exports to ONNX/TorchScript with dynamic sizes.
+        pooled = self.act(self.conv(x.mean((2, 3), keepdim=True)))
+        return pooled.expand(-1, -1, x.shape[2], x.shape[3])
