@@ -1,0 +1,87 @@
+"""Shared fixtures: deterministic seeds, an isolated torch.hub cache and registry, reference checkpoints.
+
+No test downloads anything: reference weights come from torchvision/timm models built here with random
+weights (and randomized BatchNorm statistics, so a mix-up of BN buffers cannot hide behind mean 0 / var 1).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Dict
+
+import pytest
+import torch
+from torch import nn
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def randomize_norms(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm random statistics and affine parameters, deterministically; returns ``model``."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=gen) - 0.5)
+                m.num_batches_tracked.fill_(7)
+    return model
+
+
+@pytest.fixture
+def randomize() -> Callable[..., nn.Module]:
+    """``randomize(model, seed=0)``: random BatchNorm statistics and affine parameters."""
+    return randomize_norms
+
+
+def save_state_dict(sd: Dict[str, torch.Tensor], path: Path) -> Path:
+    """Save ``sd`` as ``.safetensors`` or with ``torch.save``, by the suffix of ``path``."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    else:
+        torch.save(sd, path)
+    return path
+
+
+@pytest.fixture
+def tv_checkpoint(tmp_path: Path) -> Callable[..., tuple]:
+    """``tv_checkpoint(arch, suffix=".pth", **tv_kwargs) -> (torchvision model in eval, checkpoint path)``.
+
+    The checkpoint is the model's full state dict, classifier (``fc.*``) and ``num_batches_tracked`` included,
+    as torchvision publishes it.
+    """
+    import torchvision
+
+    def make(arch: str, suffix: str = ".pth", **tv_kwargs) -> tuple:
+        model = randomize_norms(getattr(torchvision.models, arch)(weights=None, **tv_kwargs)).eval()
+        return model, save_state_dict(model.state_dict(), tmp_path / f"{arch}{suffix}")
+
+    return make
+
+
+@pytest.fixture
+def hub_dir(tmp_path: Path):
+    """Point torch.hub's cache at an empty temporary directory for the test, then restore it."""
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    yield tmp_path / "hub"
+    torch.hub.set_dir(previous)
+
+
+@pytest.fixture
+def isolated_backbones():
+    """Let a test register backbones without leaking them into the global registry."""
+    from backbones.registry import BACKBONES
+
+    saved = dict(BACKBONES._builders)
+    yield BACKBONES
+    BACKBONES._builders.clear()
+    BACKBONES._builders.update(saved)
