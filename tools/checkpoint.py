@@ -1,0 +1,116 @@
+"""Training checkpoints: plain dicts of tensors and python values, written atomically, read weights-only.
+
+A checkpoint is written to a temporary file in the same folder, flushed to disk, then renamed over the old
+one (``os.replace`` is atomic on POSIX and Windows), so a run killed at any moment leaves either the previous
+checkpoint or the new one, never a torn file. Everything stored is a tensor or a plain python value, so
+``torch.load(weights_only=True)`` reads it without unpickling code.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state",
+           "check_model_state"]
+
+FORMAT_VERSION = 1
+PathLike = Union[str, os.PathLike]
+
+
+def save_checkpoint(path: PathLike, state: Mapping[str, Any]) -> None:
+    """Write ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(dict(state), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    try:  # make the rename itself durable; not possible on every platform
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def load_checkpoint(path: PathLike) -> Dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (on CPU, weights only).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not a readable checkpoint of this project's format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"refusing to load {str(path)!r}: it needs code to unpickle, which weights_only "
+                         f"forbids. Details: {str(e).splitlines()[0]}") from e
+    except Exception as e:  # truncated, or not a torch file at all
+        raise ValueError(f"cannot read checkpoint {str(path)!r}: {type(e).__name__}: {e}") from e
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{str(path)!r} is not a checkpoint written by tools.train_seg (expected keys 'model' "
+                         f"and 'config', got {keys})")
+    return ckpt
+
+
+def rng_state() -> Dict[str, Any]:
+    """Every random generator's state as tensors and plain python values."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
+                  "cached_gaussian": float(cached)},
+        "python": [version, list(internal), gauss],
+    }
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore the generators saved by :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    cuda: List[torch.Tensor] = list(state.get("cuda") or [])
+    if cuda and torch.cuda.is_available():
+        for device, s in enumerate(cuda[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, device)
+    npy = state["numpy"]
+    np.random.set_state(("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def check_model_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, where: str) -> None:
+    """Raise ``ValueError`` listing missing, unexpected and wrongly shaped keys before anything is loaded."""
+    target = model.state_dict()
+    missing = sorted(set(target) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(target))
+    mismatched = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(target[k].shape)}"
+                  for k in state_dict if k in target and state_dict[k].shape != target[k].shape]
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                             ("shape mismatches", mismatched)):
+            if items:
+                more = f" ... (+{len(items) - 5} more)" if len(items) > 5 else ""
+                parts.append(f"{len(items)} {label}: {', '.join(items[:5])}{more}")
+        raise ValueError(f"checkpoint {where} does not fit this model: " + "; ".join(parts))
