@@ -1,0 +1,204 @@
+"""Checkpoint loading: formats, containers, all-or-nothing errors, URLs and the torch.hub cache."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+
+import pytest
+import torch
+
+from backbones import build_backbone, load_pretrained, resnet18
+from backbones.weights import WEIGHT_URLS, cached_path_for_url, load_state_dict_file
+
+UNREACHABLE = "http://127.0.0.1:9/resnet18-f37072fd.pth"
+
+
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_unchanged(model, before):
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before), "a failed load changed the model"
+
+
+def assert_loaded(model, tv):
+    expected = {k: v for k, v in tv.state_dict().items() if not k.startswith("fc.")}
+    got = model.state_dict()
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+@pytest.mark.parametrize("wrap", ["plain", "state_dict+module.", "model", "backbone."])
+def test_training_containers_and_prefixes_load(wrap, tv_checkpoint, tmp_path):
+    tv, _ = tv_checkpoint("resnet18")
+    sd = tv.state_dict()
+    obj = {
+        "plain": sd,
+        "state_dict+module.": {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in sd.items()}},
+        "model": {"model": sd, "optimizer": {"lr": 0.1}},
+        "backbone.": {f"backbone.{k}": v for k, v in sd.items()},
+    }[wrap]
+    path = tmp_path / "ckpt.pt"
+    torch.save(obj, path)
+    assert_loaded(resnet18(out_strides=(2, 4, 8, 16, 32), pretrained=path), tv)
+
+
+def test_missing_key_is_reported_and_nothing_loaded(tv_checkpoint, tmp_path):
+    tv, _ = tv_checkpoint("resnet18")
+    sd = tv.state_dict()
+    del sd["layer2.1.conv2.weight"]
+    sd["layer2.1.extra.weight"] = torch.zeros(3)
+    torch.save(sd, tmp_path / "partial.pth")
+    model = resnet18()
+    before = snapshot(model)
+    with pytest.raises(ValueError) as excinfo:
+        load_pretrained(model, tmp_path / "partial.pth", arch="resnet18")
+    msg = str(excinfo.value)
+    assert "1 missing keys: layer2.1.conv2.weight" in msg and "1 unexpected keys: layer2.1.extra.weight" in msg
+    assert "partial.pth" in msg
+    assert_unchanged(model, before)
+
+
+def test_non_resnet_checkpoint(tmp_path):
+    import torchvision
+
+    torch.save(torchvision.models.mobilenet_v3_small().state_dict(), tmp_path / "mobilenet.pth")
+    model = resnet18()
+    before = snapshot(model)
+    with pytest.raises(ValueError) as excinfo:
+        load_pretrained(model, tmp_path / "mobilenet.pth", arch="resnet18")
+    msg = str(excinfo.value)
+    assert "mobilenet.pth" in msg and "ResNet state dict" in msg
+    assert "missing keys: bn1.bias" in msg and "unexpected keys: classifier.0.bias" in msg
+    assert_unchanged(model, before)
+
+
+def test_shape_mismatched_checkpoint_r50_into_r18(tv_checkpoint):
+    _, path = tv_checkpoint("resnet50")
+    model = resnet18()
+    before = snapshot(model)
+    with pytest.raises(ValueError) as excinfo:
+        load_pretrained(model, path, arch="resnet18")
+    msg = str(excinfo.value)
+    assert "(resnet18)" in msg and "resnet50.pth" in msg
+    assert "shape mismatches: layer1.0.conv1.weight: checkpoint (64, 64, 1, 1) vs model (64, 64, 3, 3)" in msg
+    assert "unexpected keys: layer1.0.bn3.bias" in msg
+    assert_unchanged(model, before)
+
+
+def _corrupt_files(tmp_path, tv_checkpoint):
+    _, good_pth = tv_checkpoint("resnet18", ".pth")
+    _, good_st = tv_checkpoint("resnet18", ".safetensors")
+    data_pth, data_st = good_pth.read_bytes(), good_st.read_bytes()
+    files = {
+        "random.pth": os.urandom(4096),
+        "random.safetensors": os.urandom(4096),
+        "truncated.pth": data_pth[: len(data_pth) // 2],
+        "truncated.safetensors": data_st[: len(data_st) // 2],
+        "empty.pth": b"",
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    return list(files)
+
+
+def test_corrupt_checkpoints_raise_value_error_and_leave_model_unchanged(tmp_path, tv_checkpoint):
+    model = resnet18()
+    before = snapshot(model)
+    for name in _corrupt_files(tmp_path, tv_checkpoint):
+        with pytest.raises(ValueError, match="cannot read checkpoint") as excinfo:
+            load_pretrained(model, tmp_path / name, arch="resnet18")
+        assert name in str(excinfo.value)
+        assert "code" not in str(excinfo.value), "a corrupt file is not a code-carrying pickle"
+    assert_unchanged(model, before)
+
+
+EXECUTED = []
+
+
+def _side_effect():
+    EXECUTED.append(True)
+    return {"conv1.weight": torch.zeros(1)}
+
+
+class CodeCarrying:
+    """Pickles as a call to ``_side_effect``: loading it with full unpickling would run that call."""
+
+    def __reduce__(self):
+        return (_side_effect, ())
+
+
+def test_pickle_that_needs_code_is_refused_without_running_it(tmp_path):
+    torch.save({"state_dict": CodeCarrying()}, tmp_path / "evil.pth")
+    model = resnet18()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=r"refusing to load .*evil\.pth.*_side_effect.*weights_only") as e:
+        resnet18(pretrained=tmp_path / "evil.pth")
+    assert "state_dict()" in str(e.value)  # says how to re-save it
+    with pytest.raises(ValueError, match="refusing"):
+        load_pretrained(model, tmp_path / "evil.pth")
+    assert EXECUTED == []
+    assert_unchanged(model, before)
+
+
+def test_missing_file_and_bad_source_type(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        resnet18(pretrained=tmp_path / "nope.pth")
+    with pytest.raises(TypeError, match="pretrained must be.*got 3"):
+        resnet18(pretrained=3)
+    with pytest.raises(ValueError, match=r"holds no state dict \(got list\)"):
+        torch.save([1, 2], tmp_path / "list.pth")
+        load_state_dict_file(tmp_path / "list.pth")
+
+
+def test_unreachable_url_names_url_and_cache_path(hub_dir):
+    cached = cached_path_for_url(UNREACHABLE)
+    assert str(cached).startswith(str(hub_dir))
+    with pytest.raises(ConnectionError) as excinfo:
+        resnet18(pretrained=UNREACHABLE)
+    msg = str(excinfo.value)
+    assert UNREACHABLE in msg and str(cached) in msg
+    assert not cached.exists()
+
+
+def test_file_at_cache_path_is_used_without_download(hub_dir, tv_checkpoint, monkeypatch):
+    tv, path = tv_checkpoint("resnet18")
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("tried to download although the file is cached")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    cached = cached_path_for_url(WEIGHT_URLS["resnet18"])
+    cached.parent.mkdir(parents=True)
+    shutil.copy(path, cached)
+    assert_loaded(resnet18(out_strides=(2, 4, 8, 16, 32), pretrained=True), tv)
+    assert_loaded(build_backbone("resnet18", out_strides=(2, 4, 8, 16, 32), pretrained="imagenet"), tv)
+    # The unreachable URL from the error message works too once its file is placed where the message says.
+    shutil.copy(path, cached_path_for_url(UNREACHABLE))
+    assert_loaded(resnet18(out_strides=(2, 4, 8, 16, 32), pretrained=UNREACHABLE), tv)
+
+
+def test_url_download_into_cache_checks_hash(hub_dir, tv_checkpoint, tmp_path):
+    # A file:// URL exercises the real download path without a network.
+    tv, path = tv_checkpoint("resnet18")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    good = tmp_path / f"r18-{digest[:8]}.pth"
+    shutil.copy(path, good)
+    assert_loaded(resnet18(out_strides=(2, 4, 8, 16, 32), pretrained=good.as_uri()), tv)
+    assert cached_path_for_url(good.as_uri()).is_file()
+
+    wrong = "0" * 8 if not digest.startswith("0" * 8) else "1" * 8
+    bad = tmp_path / f"r18-{wrong}.pth"
+    shutil.copy(path, bad)
+    with pytest.raises(ValueError, match="corrupt"):
+        resnet18(pretrained=bad.as_uri())
+    assert not cached_path_for_url(bad.as_uri()).exists()
+
+
+def test_no_default_weights_for_unknown_arch():
+    with pytest.raises(ValueError, match=r"no default weights for 'resnet9'.*resnet18"):
+        load_pretrained(resnet18(), True, arch="resnet9")
