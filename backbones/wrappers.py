@@ -1,1 +1,284 @@
-"""Third-party backbones (timm, torchvision) behind the registry (placeholder: filled in by the heads work)."""
+"""Third-party backbones behind the registry: ``"timm:<model>"`` and ``"torchvision:<resnet>"``.
+
+Both wrappers return a list of maps described by a :class:`FeatureInfo` with the *actual* strides, so every
+head works with them. ``out_strides`` counts, as for our ResNets, in strides of the undilated network; each
+spec's ``dilation`` is the factor between that nominal stride and the actual one.
+
+timm and torchvision are imported when a wrapper is built, not when ``backbones`` is imported.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Backbone, FeatureInfo, FeatureSpec
+from .norm import freeze_batchnorm, get_norm_layer
+from .registry import BACKBONES, check_kwargs
+
+__all__ = ["TimmBackbone", "TorchvisionResNet", "timm_backbone", "torchvision_backbone"]
+
+
+def _check_strides(out_strides: Sequence[int], available: Sequence[int], what: str) -> Tuple[int, ...]:
+    if isinstance(out_strides, int) or not isinstance(out_strides, Sequence) or not out_strides:
+        raise TypeError(f"out_strides must be a non-empty sequence of ints from {tuple(available)}, got {out_strides!r}")
+    strides = tuple(out_strides)
+    bad = [s for s in strides if s not in available]
+    if bad:
+        raise ValueError(f"{what} provides maps at strides {tuple(available)}; out_strides {bad} of {strides} are not")
+    if list(strides) != sorted(set(strides)):
+        raise ValueError(f"out_strides must be increasing without repeats (shallow to deep), got {strides}")
+    return strides
+
+
+def _check_output_stride(output_stride: int) -> None:
+    if output_stride not in (8, 16, 32):
+        raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride!r}")
+
+
+# --- timm ---------------------------------------------------------------------------------------------------
+
+
+class TimmBackbone(Backbone):
+    """A timm ``features_only`` model as a :class:`Backbone`.
+
+    Models whose maps are ``floor(H / s)`` rather than ``ceil(H / s)`` high (e.g. ConvNeXt's patchify stem) get
+    their input zero-padded to a multiple of ``size_divisibility`` and their maps cropped to ``ceil(H / s)``,
+    so the contract holds for every input size; this is detected once, at construction.
+
+    Shape: ``(N, in_chans, H, W)`` -> list of ``(N, C_i, ceil(H / s_i), ceil(W / s_i))``.
+    """
+
+    def __init__(self, model: nn.Module, feature_info: FeatureInfo, *, in_chans: int = 3) -> None:
+        super().__init__()
+        self.model = model
+        self.feature_info = feature_info
+        self.in_chans = in_chans
+        self.strides: List[int] = feature_info.strides
+        self.pad_multiple = 1
+        if not self._sizes_match():
+            self.pad_multiple = max(self.strides)
+            if not self._sizes_match():
+                raise ValueError(
+                    f"timm model {type(model).__name__} returns maps whose sizes do not follow its feature_info "
+                    f"strides {self.strides}, even on padded inputs; it cannot be wrapped"
+                )
+
+    @torch.no_grad()
+    def _sizes_match(self) -> bool:
+        was_training = self.training
+        self.eval()
+        try:
+            s = max(self.strides)
+            h, w = 2 * s + 1, 3 * s - 1  # odd sizes tell ceil from floor
+            ref = next(iter(self.model.parameters()))
+            outs = self.forward(torch.zeros(1, self.in_chans, h, w, device=ref.device, dtype=ref.dtype))
+            return [tuple(o.shape[-2:]) for o in outs] == [(-(-h // st), -(-w // st)) for st in self.strides]
+        finally:
+            self.train(was_training)
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """``(N, in_chans, H, W)`` -> list of maps, one per ``feature_info`` entry."""
+        if not torch.jit.is_scripting():
+            self.check_input(x)
+        if self.pad_multiple == 1:
+            return list(self.model(x))
+        h, w = x.shape[-2], x.shape[-1]
+        m = self.pad_multiple
+        x = F.pad(x, (0, (m - w % m) % m, 0, (m - h % m) % m))
+        outs: List[torch.Tensor] = []
+        for f, s in zip(self.model(x), self.strides):
+            outs.append(f[:, :, : (h + s - 1) // s, : (w + s - 1) // s])
+        return outs
+
+
+def _timm_nominal_info(timm: Any, name: str, kwargs: Dict[str, Any]) -> Tuple[List[int], List[int]]:
+    """Nominal reduction and channels of every feature level, from a model built on the meta device (no memory)."""
+    meta_kwargs = {k: v for k, v in kwargs.items() if k not in ("pretrained", "output_stride", "out_indices")}
+    try:
+        with torch.device("meta"):
+            probe = timm.create_model(name, features_only=True, pretrained=False, **meta_kwargs)
+    except (RuntimeError, AssertionError, NotImplementedError) as e:
+        raise ValueError(f"timm model {name!r} does not support features_only: {e}") from e
+    return list(probe.feature_info.reduction()), list(probe.feature_info.channels())
+
+
+def timm_backbone(name: str, *, out_strides: Sequence[int] = (8, 16, 32), output_stride: int = 32,
+                  pretrained: bool = False, norm: str = "bn", in_chans: int = 3, **timm_kwargs: Any) -> TimmBackbone:
+    """Wrap timm model ``name`` (any model supporting ``features_only``) as a backbone.
+
+    Args:
+        name: a timm model name (``timm.list_models()``), e.g. ``"resnet18"``, ``"efficientnet_b0"``.
+        out_strides: which maps to return, by nominal stride (the model's feature reductions at output stride 32).
+        output_stride: 8, 16 or 32, passed to timm (which dilates later stages) when below 32.
+        pretrained: load timm's pretrained weights (downloads; off by default).
+        norm: ``"bn"`` (the model's own) or ``"frozen_bn"`` (every BatchNorm converted to FrozenBatchNorm2d).
+        in_chans: number of input channels.
+        **timm_kwargs: passed to ``timm.create_model`` (e.g. ``drop_path_rate``).
+
+    Example::
+
+        bb = build_backbone("timm:efficientnet_b0", out_strides=(8, 16, 32))
+        f8, f16, f32 = bb(images)  # channels 40, 112, 320
+    """
+    import timm
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown timm model {name!r}.{hint} See timm.list_models().")
+    _check_output_stride(output_stride)
+    if norm not in ("bn", "frozen_bn"):
+        raise ValueError(f"timm backbones accept norm 'bn' or 'frozen_bn', got {norm!r}")
+    for reserved in ("features_only", "out_indices"):
+        if reserved in timm_kwargs:
+            raise TypeError(f"{reserved!r} is set by the wrapper from out_strides; do not pass it")
+    timm_kwargs["in_chans"] = in_chans
+    nominal, _ = _timm_nominal_info(timm, name, timm_kwargs)
+    strides = _check_strides(out_strides, nominal, f"timm model {name!r}")
+    indices = [nominal.index(s) for s in strides]
+    if output_stride != 32:
+        timm_kwargs["output_stride"] = output_stride
+    try:
+        model = timm.create_model(name, features_only=True, out_indices=indices, pretrained=pretrained,
+                                  **timm_kwargs)
+    except TypeError as e:
+        if "output_stride" in str(e):
+            raise ValueError(f"timm model {name!r} does not support output_stride={output_stride}: {e}") from e
+        raise
+    info = model.feature_info
+    specs = [FeatureSpec(str(n), int(c), int(r), s // int(r))
+             for n, c, r, s in zip(info.module_name(), info.channels(), info.reduction(), strides)]
+    if norm == "frozen_bn":
+        model = freeze_batchnorm(model)
+    return TimmBackbone(model, FeatureInfo(specs), in_chans=in_chans)
+
+
+# --- torchvision --------------------------------------------------------------------------------------------
+
+TV_STAGES = (("relu", "stem", 2), ("layer1", "layer1", 4), ("layer2", "layer2", 8), ("layer3", "layer3", 16),
+             ("layer4", "layer4", 32))
+
+
+class TorchvisionResNet(Backbone):
+    """A torchvision ResNet (or ResNeXt / Wide ResNet) as a :class:`Backbone`, through ``IntermediateLayerGetter``.
+
+    ``body`` holds torchvision's own modules (``body.conv1``, ``body.layer1``...), deeper stages than requested
+    dropped. ``frozen_stages`` follows our ResNet: 0 freezes the stem, k the stem and layer1..k (no gradients,
+    norms kept in eval).
+
+    Shape: ``(N, 3, H, W)`` -> list of ``(N, C_i, ceil(H / s_i), ceil(W / s_i))``.
+    """
+
+    def __init__(self, body: nn.Module, feature_info: FeatureInfo, *, frozen_stages: int = -1) -> None:
+        super().__init__()
+        self.body = body
+        self.feature_info = feature_info
+        self.return_names: List[str] = feature_info.names
+        self.frozen_stages = frozen_stages
+        for m in self.frozen_modules():
+            for p in m.parameters():
+                p.requires_grad_(False)
+
+    def frozen_modules(self) -> List[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        names = ["conv1", "bn1"] + [f"layer{i}" for i in range(1, self.frozen_stages + 1)]
+        return [getattr(self.body, n) for n in names]
+
+    def train(self, mode: bool = True) -> "TorchvisionResNet":
+        super().train(mode)
+        if mode:
+            for m in self.frozen_modules():
+                m.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """``(N, 3, H, W)`` -> list of maps, one per ``feature_info`` entry."""
+        if not torch.jit.is_scripting():
+            self.check_input(x)
+        out = self.body(x)
+        return [out[n] for n in self.return_names]
+
+
+def _torchvision_resnets() -> List[str]:
+    import torchvision
+
+    return [n for n in torchvision.models.list_models(module=torchvision.models) if "resne" in n]
+
+
+def torchvision_backbone(name: str, *, out_strides: Sequence[int] = (8, 16, 32), output_stride: int = 32,
+                         norm: str = "bn", frozen_stages: int = -1, weights: Optional[Any] = None
+                         ) -> TorchvisionResNet:
+    """Wrap torchvision's ResNet ``name`` (``resnet18``...``resnet152``, ``resnext*``, ``wide_resnet*``).
+
+    Args:
+        out_strides: maps to return by nominal stride: 2 (stem), 4, 8, 16, 32 (layer1..layer4).
+        output_stride: 8, 16 or 32 via torchvision's ``replace_stride_with_dilation``; Bottleneck models only,
+            since torchvision's BasicBlock refuses dilation (use our ``"resnet18"``/``"resnet34"`` instead).
+        norm: ``"bn"``, ``"frozen_bn"``, ``"sync_bn"`` or ``"gn"``, passed as torchvision's ``norm_layer``.
+        frozen_stages: -1 nothing, 0 the stem, k the stem and layer1..k.
+        weights: torchvision weights (a ``WeightsEnum`` or its name, e.g. ``"IMAGENET1K_V1"``; downloads), or None.
+
+    Example::
+
+        bb = build_backbone("torchvision:resnet50", out_strides=(4, 32), output_stride=16)
+        f4, f16 = bb(images)  # (N, 256, H/4, W/4), (N, 2048, H/16, W/16)
+    """
+    import torchvision
+    from torchvision.models._utils import IntermediateLayerGetter
+
+    names = _torchvision_resnets()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=5, cutoff=0.5)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown torchvision ResNet {name!r}.{hint} Accepted: {', '.join(names)}.")
+    _check_output_stride(output_stride)
+    strides = _check_strides(out_strides, [s for _, _, s in TV_STAGES], f"torchvision:{name}")
+    deepest = [s for _, _, s in TV_STAGES].index(max(strides))
+    if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= deepest:
+        raise ValueError(f"frozen_stages must be an int from -1 to {deepest} for out_strides={strides}, "
+                         f"got {frozen_stages!r}")
+    # replace_stride_with_dilation for layer2, layer3, layer4: strides beyond output_stride become dilation.
+    dilate = [False, output_stride <= 8, output_stride <= 16]
+    try:
+        model = torchvision.models.get_model(name, weights=weights, norm_layer=get_norm_layer(norm),
+                                             replace_stride_with_dilation=dilate)
+    except NotImplementedError as e:
+        raise ValueError(
+            f"torchvision:{name} uses BasicBlock, which torchvision cannot dilate (output_stride={output_stride}); "
+            f"use our own {name!r} backbone (build_backbone({name!r}, output_stride={output_stride}))"
+        ) from e
+    specs, net_stride, dilation = [], 2, 1
+    for (module, spec_name, nominal), dilated in zip(TV_STAGES, [False, False] + dilate):
+        if module == "layer1":
+            net_stride *= 2  # the max pool
+        elif module != "relu":
+            if dilated:
+                dilation *= 2
+            else:
+                net_stride *= 2
+        channels = model.conv1.out_channels if module == "relu" else _stage_channels(getattr(model, module))
+        if nominal in strides:
+            specs.append(FeatureSpec(spec_name, channels, net_stride, dilation))
+    return_layers = {module: spec_name for module, spec_name, nominal in TV_STAGES if nominal in strides}
+    body = IntermediateLayerGetter(model, return_layers=return_layers)
+    return TorchvisionResNet(body, FeatureInfo(specs), frozen_stages=frozen_stages)
+
+
+def _stage_channels(stage: nn.Module) -> int:
+    last = stage[-1]
+    return int(last.conv3.out_channels if hasattr(last, "conv3") else last.conv2.out_channels)
+
+
+BACKBONES.register_prefix("timm", timm_backbone)
+def _torchvision_handler(name: str, **kwargs: Any) -> TorchvisionResNet:
+    check_kwargs(torchvision_backbone, kwargs, what=f"backbone 'torchvision:{name}'", keyword_only=True)
+    return torchvision_backbone(name, **kwargs)
+
+
+BACKBONES.register_prefix("torchvision", _torchvision_handler)
