@@ -50,8 +50,8 @@ def param_groups(model: nn.Module, weight_decay: float, *, norm_weight_decay: fl
 
     Raises:
         TypeError: ``model`` is not a module, or a decay / multiplier is not a number.
-        ValueError: a negative or non-finite weight decay or multiplier, or an ``lr_mult`` prefix that names
-            no module or parameter of ``model`` (the message suggests close names).
+        ValueError: a negative or non-finite weight decay or multiplier, or an ``lr_mult`` prefix that covers
+            no parameter of ``model`` (the message suggests close names).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"param_groups expects an nn.Module, got {type(model).__name__}")
@@ -106,16 +106,19 @@ def _check_lr_mult(model: nn.Module, lr_mult: Optional[Mapping[str, float]]) -> 
     if not isinstance(lr_mult, Mapping):
         raise TypeError(f"lr_mult must map module-name prefixes to multipliers, e.g. {{'backbone': 0.1}}, "
                         f"got {type(lr_mult).__name__}: {lr_mult!r}")
-    names = [n for n, _ in model.named_modules() if n] + [n for n, _ in model.named_parameters()]
+    # A prefix must cover a parameter (trainable or not): a module without any, such as a stage that was
+    # not built, would silently get no multiplier.
+    names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
+    candidates = list(dict.fromkeys([n for n, _ in model.named_modules() if n] + names))
     out = {}
     for prefix, mult in lr_mult.items():
         if not isinstance(prefix, str) or not prefix:
             raise ValueError(f"lr_mult keys must be non-empty module-name prefixes, got {prefix!r}")
         if not any(_covers(prefix, n) for n in names):
-            close = difflib.get_close_matches(prefix, list(dict.fromkeys(names)), n=3)
+            close = difflib.get_close_matches(prefix, candidates, n=3)
             hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
             raise ValueError(
-                f"lr_mult prefix {prefix!r} matches no module or parameter of {type(model).__name__}{hint}. "
+                f"lr_mult prefix {prefix!r} matches no parameter of {type(model).__name__}{hint}. "
                 f"Top-level modules: {', '.join(n for n, _ in model.named_children()) or '(none)'}"
             )
         out[prefix] = _non_negative(f"lr_mult[{prefix!r}]", mult)
