@@ -36,7 +36,7 @@ class Registry:
         """Decorator registering ``fn`` under ``name`` (default: the function's name)."""
 
         def decorator(fn: F) -> F:
-            key = name or fn.__name__
+            key = fn.__name__ if name is None else name
             if not isinstance(key, str) or not key or ":" in key:
                 raise ValueError(f"{self.kind} name must be a non-empty string without ':', got {key!r}")
             if key in self._builders:
