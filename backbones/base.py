@@ -32,10 +32,12 @@ class FeatureSpec:
     dilation: int = 1
 
     def __post_init__(self) -> None:
-        if not isinstance(self.channels, int) or self.channels < 1:
-            raise ValueError(f"FeatureSpec.channels must be a positive int, got {self.channels!r}")
-        if not isinstance(self.stride, int) or self.stride < 1:
-            raise ValueError(f"FeatureSpec.stride must be a positive int, got {self.stride!r}")
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"FeatureSpec.name must be a non-empty string, got {self.name!r}")
+        for field in ("channels", "stride", "dilation"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"FeatureSpec.{field} must be a positive int, got {value!r}")
 
 
 class FeatureInfo(tuple):
@@ -76,7 +78,7 @@ class FeatureInfo(tuple):
         """Index of the map with actual stride ``stride`` (the deepest one if several share it)."""
         matches = [i for i, s in enumerate(self) if s.stride == stride]
         if not matches:
-            raise KeyError(stride)
+            raise KeyError(f"no output map has stride {stride}; the strides are {self.strides}")
         return matches[-1]
 
     def __repr__(self) -> str:

@@ -133,3 +133,29 @@ def test_resnet_state_survives_the_check():
     assert modes == {n: m.training for n, m in model.named_modules()}
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_feature_info_validates_itself():
+    info = FeatureInfo([FeatureSpec("a", 8, 4), FeatureSpec("b", 16, 8, 1), FeatureSpec("c", 32, 8, 2)])
+    assert info.channels == [8, 16, 32] and info.strides == [4, 8, 8] and info.names == ["a", "b", "c"]
+    assert info.by_stride(8) == 2  # the deepest map of that stride
+    with pytest.raises(KeyError, match=r"stride 16.*\[4, 8, 8\]"):
+        info.by_stride(16)
+    with pytest.raises(AttributeError):
+        info[0].channels = 4  # records are immutable
+    with pytest.raises(ValueError, match="at least one"):
+        FeatureInfo([])
+    with pytest.raises(ValueError, match=r"unique, got \['a', 'a'\]"):
+        FeatureInfo([FeatureSpec("a", 8, 4), FeatureSpec("a", 8, 8)])
+    with pytest.raises(ValueError, match=r"must not decrease.*\[8, 4\]"):
+        FeatureInfo([FeatureSpec("a", 8, 8), FeatureSpec("b", 8, 4)])
+    with pytest.raises(TypeError, match="FeatureSpec records, got tuple"):
+        FeatureInfo([("a", 8, 4)])
+    for bad in (dict(channels=0), dict(stride=True), dict(dilation=0), dict(name="")):
+        with pytest.raises(ValueError, match="FeatureSpec"):
+            FeatureSpec(**{**dict(name="a", channels=8, stride=4), **bad})
+
+
+def test_output_shapes_without_running():
+    model = resnet18(out_strides=(4, 32), output_stride=16)
+    assert model.output_shapes(97, 131) == [(64, 25, 33), (512, 7, 9)]
