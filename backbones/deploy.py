@@ -71,9 +71,10 @@ def deploy(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_la
     deployed = copy.deepcopy(model).to(target)
     deployed.eval()
     deployed.requires_grad_(False)
-    fold_batchnorm(deployed, example_input=example_input)
     if channels_last:
+        # Before folding: the trace then runs on oneDNN's fast NHWC kernels (NCHW dilated convs are very slow).
         deployed = deployed.to(memory_format=torch.channels_last)
+    fold_batchnorm(deployed, example_input=example_input)
     if dtype is not None:
         deployed = deployed.to(dtype)
     if pack_weights and channels_last and target.type == "cpu" and _MKLDNN_OPS:
@@ -142,8 +143,10 @@ def fold_batchnorm(model: nn.Module, *, example_input: Any = None) -> List[str]:
         pairs.update({bn: conv for bn, conv in _sequential_pairs(model).items()
                       if bn not in called and conv not in called})
         names = {m: n for n, m in model.named_modules()}
+        parents = {child: (parent, name) for parent in model.modules() for name, child in parent.named_children()}
         for bn, conv in pairs.items():
-            _fold_pair(model, conv, bn)
+            parent, name = parents[bn]  # registered once: checked when the pair was found
+            setattr(parent, name, _fold_pair(conv, bn))
         check = model(example_input)
     for ref, out in zip(_flat_tensors(reference), _flat_tensors(check)):
         scale = ref.float().abs().max().clamp_min(1e-12)
@@ -163,8 +166,9 @@ def _probe_input(model: nn.Module) -> torch.Tensor:
                              f"pass example_input=")
         channels = convs[0].in_channels
     ref = next(iter(model.parameters()), None)
-    return torch.randn(1, channels, PROBE_SIZE, PROBE_SIZE, device=_device_of(model),
-                       dtype=ref.dtype if ref is not None and ref.is_floating_point() else torch.float32)
+    x = torch.randn(1, channels, PROBE_SIZE, PROBE_SIZE, device=_device_of(model),
+                    dtype=ref.dtype if ref is not None and ref.is_floating_point() else torch.float32)
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 # Tensor methods that read metadata only: calling them on a convolution's output does not use its values.
@@ -293,24 +297,15 @@ def _norm_kind(m: nn.Module) -> Optional[str]:
     return None
 
 
-def _fold_pair(model: nn.Module, conv: nn.Conv2d, bn: nn.Module) -> None:
-    weight = bn.weight if bn.weight is not None else None
-    bias = bn.bias if bn.bias is not None else None
+def _fold_pair(conv: nn.Conv2d, bn: nn.Module) -> nn.Module:
+    """Fold ``bn`` into ``conv`` in place; return the module that replaces ``bn``."""
     new_w, new_b = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps,
-                                        weight, bias)
+                                        bn.weight, bn.bias)
     conv.weight = nn.Parameter(new_w.detach(), requires_grad=False)
     conv.bias = nn.Parameter(new_b.detach(), requires_grad=False)
-    replacement: nn.Module = nn.Identity()
     if _norm_kind(bn) == "bn_act":
-        replacement = bn.act if isinstance(bn.drop, nn.Identity) else nn.Sequential(bn.drop, bn.act)
-    _replace(model, bn, replacement)
-
-
-def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
-    for parent in model.modules():
-        for name, child in parent.named_children():
-            if child is old:
-                setattr(parent, name, new)
+        return bn.act if isinstance(bn.drop, nn.Identity) else nn.Sequential(bn.drop, bn.act)
+    return nn.Identity()
 
 
 def _flat_tensors(obj: Any) -> Iterator[torch.Tensor]:
