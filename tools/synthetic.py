@@ -31,7 +31,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     c0, c1 = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
     img = c0 + (c1 - c0) * ramp
     grid = int(rng.integers(3, 9))
-    blotches = rng.normal(0, rng.uniform(10, 40), (grid, grid, 3)).astype(np.float32)
+    blotches = rng.normal(0, rng.uniform(5, 20), (grid, grid, 3)).astype(np.float32)
     img += cv2.resize(blotches, (size, size), interpolation=cv2.INTER_CUBIC)
     freq, phase, theta = rng.uniform(4, 16), rng.uniform(0, 2 * np.pi), rng.uniform(0, np.pi)
     stripes = np.sin(2 * np.pi * freq * (np.cos(theta) * xx + np.sin(theta) * yy) + phase)
@@ -86,9 +86,14 @@ def make_sample(seed: int, split: str, index: int, *, size: int = 128, max_shape
             outline = np.zeros_like(region)
             cv2.polylines(outline, [poly], True, 1, _EDGE, cv2.LINE_8, shift)
         # A shape of its own random colour with a faint texture, so colour never identifies the class.
-        colour = rng.uniform(0, 255, 3).astype(np.float32)
-        texture = cv2.resize(rng.normal(0, 12, (4, 4, 3)).astype(np.float32), (size, size))
         inside = region.astype(bool)
+        # Redraw colours too close to the background under the shape: the outline must be visible.
+        local = img[inside].mean(0) if inside.any() else np.zeros(3, np.float32)
+        for _ in range(10):
+            colour = rng.uniform(0, 255, 3).astype(np.float32)
+            if np.linalg.norm(colour - local) > 80:
+                break
+        texture = cv2.resize(rng.normal(0, 12, (4, 4, 3)).astype(np.float32), (size, size))
         img[inside] = colour + texture[inside]
         mask[inside] = cls_id
         mask[outline.astype(bool)] = _IGNORE

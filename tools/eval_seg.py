@@ -1,0 +1,149 @@
+"""Evaluate a trained checkpoint: mIoU, pixel accuracy and a per-class IoU table.
+
+Examples::
+
+    python -m tools.eval_seg --checkpoint runs/<name>/best.pt                  # the run's own validation split
+    python -m tools.eval_seg --checkpoint best.pt --dataset cityscapes --root data/cityscapes \\
+        --mode slide --crop-size 512 1024 --stride 341 682 --scales 0.75 1.0 1.25 --flip
+
+The model is rebuilt from the config stored in the checkpoint; the dataset defaults to the run's own
+(dataset, root, validation split, data options), and any of them can be replaced by a flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import torch
+from torch import nn
+
+from . import distributed as dist_utils
+from .checkpoint import check_model_state, load_checkpoint
+from .config import yaml_mapping
+from .data import build_eval_loader
+from .datasets import build_dataset, list_datasets
+from .inference import MODES, evaluate
+from .metrics import format_table
+from .model import build_model, describe_model
+from .precision import AMP_MODES, check_amp
+from .transforms import eval_transform
+
+__all__ = ["build_parser", "load_model", "run", "main"]
+
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tools.eval_seg", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="best.pt or last.pt written by tools.train_seg")
+    p.add_argument("--dataset", choices=list_datasets(), help="default: the run's dataset")
+    p.add_argument("--root", help="default: the run's dataset root")
+    p.add_argument("--split", help="default: the run's validation split")
+    p.add_argument("--data-kwargs", type=yaml_mapping, help="dataset options (default: the run's)")
+    add_inference_args(p)
+    p.add_argument("--batch-size", type=int, default=1, help="images of different sizes are padded (unscored)")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--output", help="also write the results as JSON to this file")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar (default: when stderr is a terminal)")
+    return p
+
+
+def add_inference_args(p: argparse.ArgumentParser) -> None:
+    """The inference flags shared with ``tools.predict``."""
+    p.add_argument("--mode", default="whole", choices=MODES, help="whole image, or sliding window")
+    p.add_argument("--crop-size", type=int, nargs="+", help="sliding window: S or H W (default: the training crop)")
+    p.add_argument("--stride", type=int, nargs="+", help="sliding window step: S or H W (default: 2/3 of the crop)")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="e.g. 0.75 1.0 1.25")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False, help="also score mirrored")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--amp", default="none", choices=AMP_MODES)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
+
+
+def _pair(values: Optional[List[int]], what: str) -> Optional[Tuple[int, int]]:
+    if values is None:
+        return None
+    if len(values) not in (1, 2) or min(values) < 1:
+        raise ValueError(f"--{what} takes one or two positive ints (H W), got {values}")
+    return (values[0], values[-1])
+
+
+def inference_options(args: Mapping[str, Any], config: Mapping[str, Any]) -> Dict[str, Any]:
+    """Keyword arguments of :func:`tools.inference.predict_probs` from the parsed inference flags."""
+    crop = _pair(args.get("crop_size"), "crop-size")
+    stride = _pair(args.get("stride"), "stride")
+    if args["mode"] == "slide":
+        crop = crop or _pair(list(config.get("crop_size") or [512]), "crop-size")
+        stride = stride or (max(1, crop[0] * 2 // 3), max(1, crop[1] * 2 // 3))
+    return {"mode": args["mode"], "crop_size": crop, "stride": stride, "scales": tuple(args["scales"]),
+            "flip": args["flip"], "amp": args["amp"], "channels_last": args["channels_last"]}
+
+
+def load_model(path: str, device: torch.device) -> Tuple[nn.Module, Dict[str, Any]]:
+    """The eval-mode model stored in checkpoint ``path`` and the checkpoint itself (config, classes...)."""
+    checkpoint = load_checkpoint(path)
+    config = checkpoint["config"]
+    classes = list(checkpoint.get("classes") or [])
+    if not classes:
+        raise ValueError(f"checkpoint {path!r} records no class names")
+    model = build_model(config, len(classes))
+    check_model_state(model, checkpoint["model"], where=f"{path!r} ({describe_model(config, len(classes))})")
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval(), checkpoint
+
+
+def run(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    """Evaluate as ``argv`` says and return ``{"miou", "pixel_accuracy", "iou": {class: IoU}}``."""
+    args = vars(build_parser().parse_args(argv))
+    if args["batch_size"] < 1 or args["workers"] < 0:
+        raise ValueError("--batch-size must be >= 1 and --workers >= 0")
+    info = dist_utils.init_distributed(args["device"])
+    try:
+        check_amp(args["amp"], info.device)
+        model, checkpoint = load_model(args["checkpoint"], info.device)
+        config, classes = checkpoint["config"], list(checkpoint["classes"])
+        dataset_name = args["dataset"] or config["dataset"]
+        same_dataset = dataset_name == config["dataset"]
+        root = args["root"] if args["root"] is not None else (config.get("root") if same_dataset else None)
+        data_kwargs = args["data_kwargs"] if args["data_kwargs"] is not None else (
+            config.get("data_kwargs") or {} if same_dataset else {})
+        split = args["split"] or config.get("val_split", "val")
+        dataset = build_dataset(dataset_name, root=root, split=split, transform=eval_transform(), **data_kwargs)
+        if list(dataset.classes) != classes:
+            raise ValueError(f"checkpoint {args['checkpoint']!r} predicts {len(classes)} classes {classes[:6]}, "
+                             f"but {dataset.name} has {dataset.num_classes}: {list(dataset.classes)[:6]}")
+        loader = build_eval_loader(dataset, batch_size=args["batch_size"], workers=args["workers"],
+                                   rank=info.rank, world_size=info.world_size)
+        progress = args["progress"] if args["progress"] is not None else sys.stderr.isatty()
+        cm = evaluate(model, loader, num_classes=len(classes), device=info.device,
+                      progress=progress and info.is_main, **inference_options(args, config))
+        results = cm.summary(classes)
+        if info.is_main:
+            print(f"{describe_model(config, len(classes))} on {dataset.name} ({len(dataset)} images), "
+                  f"mode {args['mode']}, scales {args['scales']}, flip {args['flip']}")
+            print(format_table(cm, classes))
+            print(f"mIoU {100 * results['miou']:.2f}  pixel accuracy {100 * results['pixel_accuracy']:.2f}")
+            if args["output"]:
+                Path(args["output"]).write_text(json.dumps(results, indent=2))
+        return results
+    finally:
+        dist_utils.cleanup()
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Command-line entry point (``dense-eval``)."""
+    try:
+        run(argv)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Predict masks for image files and write colour overlays (image blended with the mask, plus a legend).
+
+Examples::
+
+    python -m tools.predict --checkpoint runs/<name>/best.pt photo.jpg more_photos/ --output predictions/
+    python -m tools.predict --checkpoint best.pt big.png --mode slide --crop-size 512 --flip --save-mask
+
+Each input ``<stem>.<ext>`` gives ``<output>/<stem>.png``: the overlay with a legend of the predicted classes;
+``--save-mask`` also writes ``<stem>_mask.png`` holding the raw class indices. Folders are expanded to the
+images directly inside them. The default output folder is ``predictions/`` next to the checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import cv2
+import numpy as np
+import torch
+
+from .datasets.io import IMAGE_EXTENSIONS, list_images, read_image
+from .eval_seg import add_inference_args, inference_options, load_model
+from .inference import predict_probs
+from .precision import check_amp
+from .transforms import normalize
+from .visualize import add_legend, overlay, save_png
+from .distributed import resolve_device
+
+__all__ = ["build_parser", "run", "main"]
+
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tools.predict", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("images", nargs="+", help="image files or folders of images")
+    p.add_argument("--checkpoint", required=True, help="best.pt or last.pt written by tools.train_seg")
+    p.add_argument("--output", help="output folder (default: predictions/ beside the checkpoint)")
+    p.add_argument("--alpha", type=float, default=0.5, help="opacity of the mask colours")
+    p.add_argument("--save-mask", action=argparse.BooleanOptionalAction, default=False,
+                   help="also write <stem>_mask.png with the class indices")
+    add_inference_args(p)
+    return p
+
+
+def _expand(inputs: List[str]) -> List[Path]:
+    paths: List[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise FileNotFoundError(f"folder {item!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            paths.extend(found)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise FileNotFoundError(f"input image not found: {item!r}")
+    return paths
+
+
+def run(argv: Optional[List[str]] = None) -> List[Path]:
+    """Predict every input image; returns the overlay files written."""
+    args = vars(build_parser().parse_args(argv))
+    if not 0 <= args["alpha"] <= 1:
+        raise ValueError(f"--alpha must be in [0, 1], got {args['alpha']}")
+    device = resolve_device(args["device"])
+    check_amp(args["amp"], device)
+    inputs = _expand(args["images"])
+    model, checkpoint = load_model(args["checkpoint"], device)
+    classes, palette = list(checkpoint["classes"]), checkpoint.get("palette")
+    options = inference_options(args, checkpoint["config"])
+    out_dir = Path(args["output"]) if args["output"] else Path(args["checkpoint"]).parent / "predictions"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: List[Path] = []
+    used = set()
+    for path in inputs:
+        image = read_image(path)  # every decode error names the file
+        x = normalize(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))))[None].to(device)
+        with torch.no_grad():
+            pred = predict_probs(model, x, **options).argmax(1)[0].cpu().numpy().astype(np.uint8)
+        stem, k = path.stem, 1
+        while stem in used:  # two inputs with the same name from different folders
+            stem, k = f"{path.stem}_{k}", k + 1
+        used.add(stem)
+        blended = overlay(image, pred, palette, num_classes=len(classes), alpha=args["alpha"])
+        target = out_dir / f"{stem}.png"
+        save_png(target, add_legend(blended, classes, palette, labels=np.unique(pred).tolist()))
+        if args["save_mask"]:
+            cv2.imwrite(str(out_dir / f"{stem}_mask.png"), pred)
+        written.append(target)
+        print(f"{path} -> {target}")
+    return written
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """Command-line entry point (``dense-predict``)."""
+    try:
+        run(argv)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()
