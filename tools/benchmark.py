@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbones import build_backbone, deploy
+from backbones.deploy import reuse_freed_memory
 
 from .peers import PEERS, PeerUnavailable, build_peer, same_output
 from .profiling import Timing, conv_flops, matmul_flops, parse_size, peak_tensor_memory, time_round_robin
@@ -259,6 +260,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--reuse-memory", action="store_true",
+                   help="keep freed memory in the process (backbones.deploy.reuse_freed_memory), for every candidate")
     p.add_argument("--json", default=None, help="also write all numbers to this file")
     return p.parse_args(argv)
 
@@ -290,10 +293,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
+    allocator = "glibc default"
+    if args.reuse_memory:
+        allocator = "reuse freed memory" if reuse_freed_memory() else "default (not glibc: --reuse-memory ignored)"
     info = machine()
+    info["allocator"] = allocator
     print(f"dense-backbones benchmark  mode={args.mode}  device={device}  cpu={info['cpu']} "
           f"({info['cpu_capability']}, {info['threads']} torch threads)  torch {info['torch']}  "
-          f"reps={args.reps} warmup={args.warmup}  load average {_load()}")
+          f"reps={args.reps} warmup={args.warmup}  allocator: {allocator}  load average {_load()}")
     results = []
     for spec in models:
         common = dict(size=size, batch=args.batch, output_stride=args.output_stride, device=device,
