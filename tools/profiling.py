@@ -116,22 +116,23 @@ class TensorMemory(TorchDispatchMode):
         self.live: Dict[int, Tuple[StorageWeakRef, int]] = {}
         self.current_bytes = 0
         self.peak_bytes = 0
-        self._preexisting: set = set()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
         self._release_expired()
+        # An output sharing an input's storage (a view, detach, an in-place op) allocated nothing.
+        inputs = {_storage_key(t) for t in _tensors((args, kwargs))}
         for t in _tensors(out):
-            self._track(t)
+            self._track(t, inputs)
         return out
 
-    def _track(self, t: torch.Tensor) -> None:
-        try:
-            storage = t.untyped_storage()
-        except (NotImplementedError, RuntimeError):  # opaque layouts (oneDNN packed weights) have no storage
+    def _track(self, t: torch.Tensor, inputs: set) -> None:
+        key = _storage_key(t)
+        if key is None or key in inputs or key in self.live:
             return
-        key = storage._cdata
-        if key in self.live or storage.nbytes() == 0:
+        storage = t.untyped_storage()
+        if storage.nbytes() == 0:
             return
         self.live[key] = (StorageWeakRef(storage), storage.nbytes())
         self.current_bytes += storage.nbytes()
@@ -140,6 +141,13 @@ class TensorMemory(TorchDispatchMode):
     def _release_expired(self) -> None:
         for key in [k for k, (ref, _) in self.live.items() if ref.expired()]:
             self.current_bytes -= self.live.pop(key)[1]
+
+
+def _storage_key(t: torch.Tensor) -> Optional[int]:
+    try:
+        return t.untyped_storage()._cdata
+    except (NotImplementedError, RuntimeError):  # opaque layouts (oneDNN packed weights) have no storage
+        return None
 
 
 def peak_tensor_memory(fn: Callable[[], Any]) -> int:
