@@ -70,8 +70,8 @@ def test_every_backbone_deploys_fp32_and_bf16(name, randomize):
         check_equivalent(model, x, dtype=torch.bfloat16)
 
 
-@pytest.mark.parametrize("kwargs", [dict(norm="frozen_bn", output_stride=8), dict(multi_grid=(1, 2))],
-                         ids=["frozen_bn-os8", "multi_grid"])
+@pytest.mark.parametrize("kwargs", [dict(norm="frozen_bn", output_stride=8), dict(norm="sync_bn"),
+                                    dict(multi_grid=(1, 2))], ids=["frozen_bn-os8", "sync_bn", "multi_grid"])
 def test_backbone_variants_deploy(kwargs, randomize):
     model = randomize_frozen(randomize(build_backbone("resnet18", **kwargs)))
     check_equivalent(model, torch.randn(2, 3, 64, 80))

@@ -77,8 +77,12 @@ def _check_size(model: nn.Module, spec: str, height: int, width: int) -> None:
 # --- inference ------------------------------------------------------------------------------------------------
 
 def run_inference(spec: str, *, size: Tuple[int, int], batch: int, dtypes: Sequence[str], output_stride: int,
-                  device: torch.device, reps: int, warmup: int, peers: Sequence[str] = PEERS) -> Dict[str, Any]:
-    """Time ``spec`` eager and deployed (each dtype), its peers and a matrix product; see the module doc."""
+                  device: torch.device, reps: int, warmup: int, peers: Sequence[str] = PEERS,
+                  ablation: bool = False) -> Dict[str, Any]:
+    """Time ``spec`` eager and deployed (each dtype), its peers and a matrix product; see the module doc.
+
+    ``ablation`` adds fp32 deploy variants without packed weights and without channels_last, to show what each
+    step of :func:`backbones.deploy` contributes."""
     torch.manual_seed(0)
     model = build(spec, output_stride=output_stride).to(device).eval()
     _check_size(model, spec, *size)
@@ -93,6 +97,12 @@ def run_inference(spec: str, *, size: Tuple[int, int], batch: int, dtypes: Seque
         candidates[f"dense deploy {name}"] = lambda fast=fast, dt=dt: fast(x.to(dt))
         if dt == torch.float32:
             comparable[f"dense deploy {name}"] = fast
+    if ablation:
+        for label, kwargs in (("dense deploy fp32 NCHW", dict(channels_last=False)),
+                              ("dense deploy fp32 unpacked", dict(pack_weights=False))):
+            variant = deploy(model, **kwargs)
+            candidates[label] = lambda variant=variant: variant(x)
+            comparable[label] = variant
     notes: List[str] = []
     peer_names: List[str] = []
     if "+" not in spec:
@@ -124,7 +134,7 @@ def run_inference(spec: str, *, size: Tuple[int, int], batch: int, dtypes: Seque
     rows = []
     for name, t in timings.items():
         is_mm = name.startswith("matmul")
-        dtype_name = name.split()[-1] if name.startswith(("dense deploy", "matmul")) else "fp32"
+        dtype_name = next((d for d in DTYPES if f" {d}" in name), "fp32")
         work = mm_flops[dtype_name] if is_mm else flops
         rate = work / t.median / 1e9
         mm_rate = mm_flops[dtype_name] / timings[f"matmul 2048 {dtype_name}"].median / 1e9
@@ -257,6 +267,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="training variants, comma-separated; each is eager or '+'-joined "
                         "checkpoint/channels_last/bf16")
     p.add_argument("--peers", default=",".join(PEERS), help="peers to compare with (inference mode)")
+    p.add_argument("--ablation", action="store_true",
+                   help="also time deploy without channels_last and without packed weights (inference mode)")
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
@@ -307,7 +319,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                       reps=args.reps, warmup=args.warmup)
         try:
             if args.mode == "infer":
-                result = run_inference(spec, dtypes=dtypes, peers=peers, **common)
+                result = run_inference(spec, dtypes=dtypes, peers=peers, ablation=args.ablation, **common)
             else:
                 result = run_training(spec, variants=variants, **common)
         except ValueError as err:
