@@ -22,8 +22,8 @@ _KINDS = ("decay", "norm", "bias")
 
 
 def param_groups(model: nn.Module, weight_decay: float, *, norm_weight_decay: float = 0.0,
-                 bias_weight_decay: float = 0.0, lr_mult: Optional[Mapping[str, float]] = None
-                 ) -> List[Dict[str, Any]]:
+                 bias_weight_decay: float = 0.0, lr_mult: Optional[Mapping[str, float]] = None,
+                 lr: Optional[float] = None) -> List[Dict[str, Any]]:
     """Split ``model``'s trainable parameters into groups for ``torch.optim``.
 
     Every parameter with ``requires_grad`` lands in exactly one group; frozen ones are left out; a parameter
@@ -39,19 +39,21 @@ def param_groups(model: nn.Module, weight_decay: float, *, norm_weight_decay: fl
             backbone trained ten times slower than the head. A prefix covers the module of that name and
             everything under it (``"backbone"`` covers ``backbone.layer1.0.conv1.weight``, not
             ``backbone2.weight``); the longest matching prefix wins; unmatched parameters get 1.0.
+        lr: base learning rate. When given, each group also gets ``"lr": lr * lr_mult``, so the multipliers
+            take effect in any optimizer (and in schedulers, which scale each group's initial lr).
 
     Returns:
         A list of non-empty group dicts with keys ``params`` (list of parameters), ``weight_decay`` (float),
         ``lr_mult`` (float) and ``name`` (``"<prefix>.<kind>"`` or ``"<kind>"`` with kind ``decay``, ``norm``
-        or ``bias``), in the order parameters first appear in the model. Pass it to any optimizer, e.g.
-        ``torch.optim.SGD(groups, lr=0.01, momentum=0.9)``. Optimizers ignore ``lr_mult``: the caller applies
-        it, and the project's trainer sets ``group["lr"] = base_lr * group["lr_mult"]`` (before creating its
-        scheduler, which then scales each group's own initial lr).
+        or ``bias``), plus ``lr`` when ``lr`` is given, in the order parameters first appear in the model.
+        Pass it to any optimizer: ``torch.optim.SGD(param_groups(model, 1e-4, lr=0.01, lr_mult=...), lr=0.01,
+        momentum=0.9)``. Optimizers themselves ignore the ``lr_mult`` key, which is why ``lr`` is needed for
+        the multipliers to apply.
 
     Raises:
         TypeError: ``model`` is not a module, or a decay / multiplier is not a number.
-        ValueError: a negative or non-finite weight decay or multiplier, or an ``lr_mult`` prefix that covers
-            no parameter of ``model`` (the message suggests close names).
+        ValueError: a negative or non-finite weight decay, multiplier or lr, or an ``lr_mult`` prefix that
+            covers no parameter of ``model`` (the message suggests close names).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"param_groups expects an nn.Module, got {type(model).__name__}")
@@ -61,6 +63,7 @@ def param_groups(model: nn.Module, weight_decay: float, *, norm_weight_decay: fl
         "bias": _non_negative("bias_weight_decay", bias_weight_decay),
     }
     mults = _check_lr_mult(model, lr_mult)
+    base_lr = None if lr is None else _non_negative("lr", lr)
     # Longest first, so the first match is the most specific prefix.
     prefixes = sorted(mults, key=len, reverse=True)
 
@@ -84,6 +87,9 @@ def param_groups(model: nn.Module, weight_decay: float, *, norm_weight_decay: fl
                     "name": f"{prefix}.{kind}" if prefix is not None else kind,
                 }
             groups[key]["params"].append(p)
+    if base_lr is not None:
+        for group in groups.values():
+            group["lr"] = base_lr * group["lr_mult"]
     return list(groups.values())
 
 

@@ -81,9 +81,8 @@ def test_lr_mult_longest_prefix_wins_on_whole_name_components():
 
 def test_groups_drive_sgd_with_weight_decay_and_lr_mult():
     model = Segmenter()
-    groups = param_groups(model, 0.1, lr_mult={"backbone": 0.5})
-    for g in groups:
-        g["lr"] = 1.0 * g["lr_mult"]  # what the trainer does with base_lr = 1.0
+    groups = param_groups(model, 0.1, lr_mult={"backbone": 0.5}, lr=1.0)
+    assert {g["name"]: g["lr"] for g in groups}["backbone.decay"] == 0.5
     opt = torch.optim.SGD(groups, lr=1.0)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     for p in model.parameters():
@@ -94,6 +93,12 @@ def test_groups_drive_sgd_with_weight_decay_and_lr_mult():
     assert torch.allclose(params["head.0.weight"], before["head.0.weight"] * 0.9)
     for name in ("backbone.bn1.weight", "head.0.bias", "ln_pre.weight"):
         assert torch.equal(params[name], before[name]), name
+
+
+def test_without_lr_groups_leave_the_lr_to_the_optimizer():
+    groups = param_groups(Segmenter(), 0.1, lr_mult={"backbone": 0.5})
+    assert all("lr" not in g for g in groups)
+    assert {g["name"]: g["lr_mult"] for g in groups}["backbone.decay"] == 0.5
 
 
 def test_no_trainable_parameters_gives_no_groups():
@@ -112,6 +117,7 @@ def test_no_trainable_parameters_gives_no_groups():
     (dict(weight_decay=1e-4, lr_mult={"backbone.layer4": 0.1}), ValueError, "'backbone.layer4'"),
     (dict(weight_decay=1e-4, lr_mult={"": 0.1}), ValueError, "non-empty"),
     (dict(weight_decay=1e-4, lr_mult=[("backbone", 0.1)]), TypeError, "lr_mult must map"),
+    (dict(weight_decay=1e-4, lr=-0.01), ValueError, "lr must be a finite number >= 0, got -0.01"),
 ])
 def test_bad_arguments(kwargs, error, needle):
     with pytest.raises(error) as excinfo:
