@@ -7,10 +7,12 @@ can check both the reader and any geometric transform without trusting either.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
 # Well-separated RGB colours, one per raw label used by the fixtures.
@@ -121,9 +123,31 @@ def write_folder(root: Path, *, layout: str = "subdirs", count: int = 4, classes
     return root
 
 
-def tiny_run_args(out_dir: Path, name: str, *extra: str) -> List[str]:
-    """Command line of a fast training run: 16 synthetic 64x64 images, resnet18 + FPN, 64x64 crops."""
+def tiny_run_args(out_dir: Path, name: str, *extra: str, iters: Optional[int] = 4) -> List[str]:
+    """Command line of a fast training run: 8 synthetic 64x64 images per split, resnet18 + FPN, 64x64 crops,
+    batch 4 (so 2 iterations per epoch). Later flags in ``extra`` override earlier ones."""
     return ["--output-dir", str(out_dir), "--name", name, "--data-kwargs", "{num_images: 8, image_size: 64}",
-            "--crop-size", "64", "--batch-size", "4", "--val-batch-size", "4", "--iters", "4",
-            "--warmup-iters", "1", "--workers", "0", "--log-interval", "1", "--num-vis", "1", "--device", "cpu",
-            "--no-progress", *extra]
+            "--crop-size", "64", "--batch-size", "4", "--val-batch-size", "4", "--warmup-iters", "1",
+            "--workers", "0", "--log-interval", "1", "--num-vis", "1", "--device", "cpu", "--no-progress",
+            *(["--iters", str(iters)] if iters is not None else []), *extra]
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Run a module's tiny models on one intra-op thread, restoring the setting afterwards.
+
+    On a machine whose cores are busy, OpenMP's threads wait on one another and a 64x64 training step gets
+    several times slower than on one thread; models this small gain nothing from a second thread anyway.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def subprocess_env(repo: Path) -> Dict[str, str]:
+    """Environment for running the tools in a child process: the repository importable, one thread."""
+    import os
+
+    return {**os.environ, "PYTHONPATH": str(repo) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "OMP_NUM_THREADS": "1"}

@@ -89,7 +89,7 @@ def build_train_loader(dataset: Dataset, *, batch_size: int, workers: int, seed:
             f"process(es): fewer than one batch of {batch_size}; lower --batch-size"
         )
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
-                        pin_memory=pin_memory, persistent_workers=workers > 0)
+                        pin_memory=pin_memory, persistent_workers=workers > 0, generator=_private_generator(seed))
     return loader, sampler
 
 
@@ -102,4 +102,11 @@ def build_eval_loader(dataset: Dataset, *, batch_size: int = 1, workers: int = 0
     """
     indices: List[int] = list(range(rank, len(dataset), world_size))
     return DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=workers,
-                      collate_fn=pad_collate, pin_memory=pin_memory)
+                      collate_fn=pad_collate, pin_memory=pin_memory, persistent_workers=workers > 0,
+                      generator=_private_generator(0))
+
+
+def _private_generator(seed: int) -> torch.Generator:
+    # A DataLoader draws its workers' base seed from this generator, or else from the global one, which would
+    # make the global random stream (dropout) depend on when loaders were (re)started, e.g. after a resume.
+    return torch.Generator().manual_seed(seed)

@@ -24,7 +24,11 @@ _EDGE = 2  # thickness in pixels of the ignore band drawn along every outline
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A float32 RGB texture: colour gradient + low-frequency blotches + faint stripes."""
+    """A float32 RGB texture: colour gradient + low-frequency blotches + stripes + grain.
+
+    The background is busy at every scale while shapes are flat, so "is this pixel part of a shape" is
+    answerable from a small neighbourhood; which shape it is needs the whole outline.
+    """
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     angle = rng.uniform(0, np.pi)
     ramp = (np.cos(angle) * xx + np.sin(angle) * yy)[..., None]
@@ -33,9 +37,10 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     grid = int(rng.integers(3, 9))
     blotches = rng.normal(0, rng.uniform(5, 20), (grid, grid, 3)).astype(np.float32)
     img += cv2.resize(blotches, (size, size), interpolation=cv2.INTER_CUBIC)
-    freq, phase, theta = rng.uniform(4, 16), rng.uniform(0, 2 * np.pi), rng.uniform(0, np.pi)
+    freq, phase, theta = rng.uniform(8, 20), rng.uniform(0, 2 * np.pi), rng.uniform(0, np.pi)
     stripes = np.sin(2 * np.pi * freq * (np.cos(theta) * xx + np.sin(theta) * yy) + phase)
-    img += rng.uniform(0, 15) * stripes[..., None]
+    img += rng.uniform(15, 40) * stripes[..., None]
+    img += rng.normal(0, rng.uniform(10, 20), img.shape)
     return img.astype(np.float32)
 
 
@@ -55,7 +60,7 @@ def _shape_polygon(rng: np.random.Generator, cls: str, cx: float, cy: float, r: 
     return pts @ rot.T * r + np.array([cx, cy], np.float32)
 
 
-def make_sample(seed: int, split: str, index: int, *, size: int = 128, max_shapes: int = 5
+def make_sample(seed: int, split: str, index: int, *, size: int = 128, max_shapes: int = 6
                 ) -> Tuple[np.ndarray, np.ndarray]:
     """One image and its mask, a pure function of ``(seed, split, index)``.
 
@@ -72,7 +77,7 @@ def make_sample(seed: int, split: str, index: int, *, size: int = 128, max_shape
     shift, scale = 2, 4
     for _ in range(int(rng.integers(1, max_shapes + 1))):
         cls_id = int(rng.integers(1, len(SHAPE_CLASSES)))
-        r = rng.uniform(0.1, 0.24) * size
+        r = rng.uniform(0.12, 0.3) * size
         cx, cy = rng.uniform(r * 0.5, size - r * 0.5, 2)
         region = np.zeros((size, size), np.uint8)
         if SHAPE_CLASSES[cls_id] == "circle":
@@ -97,7 +102,7 @@ def make_sample(seed: int, split: str, index: int, *, size: int = 128, max_shape
         img[inside] = colour + texture[inside]
         mask[inside] = cls_id
         mask[outline.astype(bool)] = _IGNORE
-    img += rng.normal(0, rng.uniform(4, 14), img.shape).astype(np.float32)
+    img += rng.normal(0, rng.uniform(2, 6), img.shape).astype(np.float32)
     img = cv2.GaussianBlur(img, (3, 3), rng.uniform(0.1, 0.8))
     return np.clip(img, 0, 255).astype(np.uint8), mask
 

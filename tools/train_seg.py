@@ -2,7 +2,7 @@
 
 Examples::
 
-    python -m tools.train_seg                          # resnet18 + FPN on the built-in synthetic set, ~2 min on CPU
+    python -m tools.train_seg                          # resnet18 + BiSeNet on the built-in synthetic set, ~2 min
     python -m tools.train_seg --config configs/voc_deeplabv3plus_r50.yaml --root data/VOCdevkit
     python -m tools.train_seg --resume runs/<name>     # continue exactly where the run stopped
     torchrun --nproc_per_node=4 -m tools.train_seg --config ... --norm sync_bn
@@ -47,7 +47,9 @@ from .visualize import add_legend, overlay, plot_curves, save_png
 
 __all__ = ["build_parser", "train", "run", "main", "USER_ERRORS"]
 
-DEFAULT_ITERS = 300
+DEFAULT_ITERS = 400
+OPTIMIZERS = ("sgd", "adamw")
+DEFAULT_LR = {"sgd": 0.01, "adamw": 0.001}
 # Errors that mean "fix your input": the command line prints the message alone, without a traceback.
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FloatingPointError)
 # Keys of the command line that are not part of a run's config.
@@ -66,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--name", help="run folder name (default: <backbone>_<head>_<dataset>_<date-time>)")
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default="resnet18", help="registered backbone name")
-    g.add_argument("--head", default="fpn", help="registered head: fcn, deeplabv3, deeplabv3plus, fpn, bisenet")
+    g.add_argument("--head", default="bisenet", help="registered head: fcn, deeplabv3, deeplabv3plus, fpn, bisenet")
     g.add_argument("--head-kwargs", type=yaml_mapping, default={}, help="head options, e.g. '{dropout: 0.0}'")
     g.add_argument("--output-stride", type=int, default=32, choices=(8, 16, 32))
     g.add_argument("--norm", default="bn", choices=("bn", "frozen_bn", "sync_bn", "gn"),
@@ -83,8 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--val-split", default="val")
     g.add_argument("--data-kwargs", type=yaml_mapping, default={},
                    help="dataset options, e.g. '{num_images: 64}' for synthetic")
-    g.add_argument("--crop-size", type=int, nargs="+", default=[128], help="training crop: S or H W")
-    g.add_argument("--scale-range", type=float, nargs=2, default=[0.5, 2.0], help="random rescale range")
+    g.add_argument("--crop-size", type=int, nargs="+", default=[96], help="training crop: S or H W")
+    g.add_argument("--scale-range", type=float, nargs=2, default=[0.75, 1.25],
+                   help="random rescale range (0.5 2.0 is usual for real datasets)")
     g.add_argument("--hflip", action=bool_flag, default=True, help="random horizontal flips")
     g.add_argument("--color-jitter", type=float, default=0.2, help="brightness/contrast/saturation jitter")
     g.add_argument("--workers", type=int, default=2, help="data loader processes per training process")
@@ -94,8 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                                  "are padded (padding is not scored)")
     g.add_argument("--iters", type=int, help=f"training iterations (default {DEFAULT_ITERS} unless --epochs)")
     g.add_argument("--epochs", type=int, help="training epochs, instead of --iters")
-    g.add_argument("--lr", type=float, default=0.02, help="base learning rate (SGD)")
-    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS,
+                   help="sgd (with momentum; the usual choice with --pretrained) or adamw (trains from scratch "
+                        "much faster: the default synthetic run)")
+    g.add_argument("--lr", type=float, help="base learning rate (default: 0.01 for sgd, 0.001 for adamw)")
+    g.add_argument("--momentum", type=float, default=0.9, help="sgd momentum")
     g.add_argument("--weight-decay", type=float, default=1e-4, help="for weights")
     g.add_argument("--norm-weight-decay", type=float, default=0.0, help="for norm parameters and biases")
     g.add_argument("--backbone-lr-mult", type=float, default=1.0,
@@ -145,6 +151,8 @@ def resolve_config(argv: Optional[List[str]] = None) -> Tuple[Dict[str, Any], Op
 
 
 def _check_config(cfg: Dict[str, Any]) -> None:
+    if cfg.get("lr") is None:
+        cfg["lr"] = DEFAULT_LR[cfg["optimizer"]]
     positive = ("batch_size", "val_batch_size", "log_interval", "lr")
     for key in positive:
         if not cfg[key] > 0:
@@ -241,7 +249,10 @@ def _build_optimizer(cfg: Mapping[str, Any], model: nn.Module, max_iters: int):
     for group in groups:
         # LambdaLR scales each group's own initial lr, which keeps the multiplier for the whole run.
         group["lr"] = cfg["lr"] * group["lr_mult"]
-    optimizer = torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"])
+    if cfg["optimizer"] == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"])
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=cfg["lr"])
     scheduler = poly_warmup_scheduler(optimizer, max_iters=max_iters, power=cfg["poly_power"],
                                       warmup_iters=min(cfg["warmup_iters"], max_iters),
                                       warmup_ratio=cfg["warmup_ratio"])
