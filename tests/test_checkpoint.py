@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,3 +144,24 @@ def test_explicit_dests_sees_only_written_flags():
     assert explicit_dests(build_parser(), ["--lr", "0.1", "--no-hflip"]) == {"lr", "hflip"}
     with pytest.raises(argparse.ArgumentTypeError):
         yaml_mapping("[1, 2]")
+
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_example_configs_hold_only_known_keys_and_valid_values(path):
+    values = load_config_file(path, build_parser())
+    assert values, path
+
+
+def test_the_synthetic_config_is_the_default_run():
+    path = next(p for p in CONFIGS if p.name.startswith("synthetic"))
+    defaults = vars(parse_config(build_parser(), []))
+    written = load_config_file(path, build_parser())
+    # the file documents the defaults: every value it sets is the parser's own, except the resolved lr and
+    # iterations, which the parser leaves to the optimizer and the trainer
+    from tools.train_seg import DEFAULT_ITERS, DEFAULT_LR
+
+    defaults.update(lr=DEFAULT_LR[defaults["optimizer"]], iters=DEFAULT_ITERS)
+    assert {k: defaults[k] for k in written} == written

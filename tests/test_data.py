@@ -94,7 +94,7 @@ def test_synthetic_is_deterministic_and_labelled():
 
 
 def test_synthetic_colour_does_not_decide_the_class():
-    masks, colours = [], {k: [] for k in range(1, len(SHAPE_CLASSES))}
+    colours = {k: [] for k in range(1, len(SHAPE_CLASSES))}
     for i in range(40):
         image, mask = make_sample(0, "train", i, size=64)
         for k in colours:

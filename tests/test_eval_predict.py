@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import cv2
-import numpy as np
 import pytest
 import torch
 from torch import nn

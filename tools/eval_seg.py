@@ -41,24 +41,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m tools.eval_seg", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="best.pt or last.pt written by tools.train_seg")
-    p.add_argument("--dataset", choices=list_datasets(), help="default: the run's dataset")
-    p.add_argument("--root", help="default: the run's dataset root")
-    p.add_argument("--split", help="default: the run's validation split")
-    p.add_argument("--data-kwargs", type=yaml_mapping, help="dataset options (default: the run's)")
+    p.add_argument("--dataset", choices=list_datasets(), help="unset: the run's dataset")
+    p.add_argument("--root", help="unset: the run's dataset root")
+    p.add_argument("--split", help="unset: the run's validation split")
+    p.add_argument("--data-kwargs", type=yaml_mapping, help="dataset options; unset: the run's")
     add_inference_args(p)
     p.add_argument("--batch-size", type=int, default=1, help="images of different sizes are padded (unscored)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--output", help="also write the results as JSON to this file")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar (default: when stderr is a terminal)")
+                   help="progress bar; unset: when stderr is a terminal")
     return p
 
 
 def add_inference_args(p: argparse.ArgumentParser) -> None:
     """The inference flags shared with ``tools.predict``."""
     p.add_argument("--mode", default="whole", choices=MODES, help="whole image, or sliding window")
-    p.add_argument("--crop-size", type=int, nargs="+", help="sliding window: S or H W (default: the training crop)")
-    p.add_argument("--stride", type=int, nargs="+", help="sliding window step: S or H W (default: 2/3 of the crop)")
+    p.add_argument("--crop-size", type=int, nargs="+", help="sliding window: S or H W; unset: the training crop")
+    p.add_argument("--stride", type=int, nargs="+", help="sliding window step: S or H W; unset: 2/3 of the crop")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="e.g. 0.75 1.0 1.25")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False, help="also score mirrored")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))

@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from .datasets.io import IMAGE_EXTENSIONS, list_images, read_image
+from .distributed import resolve_device
 from .eval_seg import add_inference_args, inference_options, load_model
 from .inference import predict_probs
 from .precision import check_amp
 from .transforms import normalize
 from .visualize import add_legend, overlay, save_png
-from .distributed import resolve_device
 
 __all__ = ["build_parser", "run", "main"]
 
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("--checkpoint", required=True, help="best.pt or last.pt written by tools.train_seg")
-    p.add_argument("--output", help="output folder (default: predictions/ beside the checkpoint)")
+    p.add_argument("--output", help="output folder; unset: predictions/ beside the checkpoint")
     p.add_argument("--alpha", type=float, default=0.5, help="opacity of the mask colours")
     p.add_argument("--save-mask", action=argparse.BooleanOptionalAction, default=False,
                    help="also write <stem>_mask.png with the class indices")

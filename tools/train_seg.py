@@ -50,8 +50,9 @@ __all__ = ["build_parser", "train", "run", "main", "USER_ERRORS"]
 DEFAULT_ITERS = 400
 OPTIMIZERS = ("sgd", "adamw")
 DEFAULT_LR = {"sgd": 0.01, "adamw": 0.001}
-# Errors that mean "fix your input": the command line prints the message alone, without a traceback.
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FloatingPointError)
+# Errors that mean "fix your input" (or, for ConnectionError, "fetch the weights by hand"): the command line
+# prints the message alone, without a traceback.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FloatingPointError, ConnectionError)
 # Keys of the command line that are not part of a run's config.
 _NOT_CONFIG = ("config", "resume")
 
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", help="run folder (or its last.pt) to continue; its saved config is used and "
                                     "explicit flags override it")
     g.add_argument("--output-dir", default="runs", help="parent folder of run folders")
-    g.add_argument("--name", help="run folder name (default: <backbone>_<head>_<dataset>_<date-time>)")
+    g.add_argument("--name", help="run folder name; unset: <backbone>_<head>_<dataset>_<date-time>")
     g = p.add_argument_group("model")
     g.add_argument("--backbone", default="resnet18", help="registered backbone name")
     g.add_argument("--head", default="bisenet", help="registered head: fcn, deeplabv3, deeplabv3plus, fpn, bisenet")
@@ -75,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="backbone norm; sync_bn turns every BatchNorm (backbone and head) into SyncBatchNorm "
                         "under DDP on CUDA")
     g.add_argument("--frozen-stages", type=int, default=-1, help="-1: none, 0: stem, k: stem and layer1..k")
-    g.add_argument("--pretrained", help="backbone weights: 'imagenet', a path or a URL (default: from scratch)")
+    g.add_argument("--pretrained", help="backbone weights: 'imagenet', a path or a URL; unset: from scratch")
     g.add_argument("--aux-weight", type=float, default=0.0, help="> 0 adds an auxiliary FCN head on stride 16 "
                                                                   "with this loss weight")
     g = p.add_argument_group("data")
@@ -95,12 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=8, help="per process")
     g.add_argument("--val-batch-size", type=int, default=1, help="per process; images of different sizes "
                                                                  "are padded (padding is not scored)")
-    g.add_argument("--iters", type=int, help=f"training iterations (default {DEFAULT_ITERS} unless --epochs)")
+    g.add_argument("--iters", type=int, help=f"training iterations; unset: {DEFAULT_ITERS}, or --epochs")
     g.add_argument("--epochs", type=int, help="training epochs, instead of --iters")
     g.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS,
                    help="sgd (with momentum; the usual choice with --pretrained) or adamw (trains from scratch "
                         "much faster: the default synthetic run)")
-    g.add_argument("--lr", type=float, help="base learning rate (default: 0.01 for sgd, 0.001 for adamw)")
+    g.add_argument("--lr", type=float, help="base learning rate; unset: 0.01 for sgd, 0.001 for adamw")
     g.add_argument("--momentum", type=float, default=0.9, help="sgd momentum")
     g.add_argument("--weight-decay", type=float, default=1e-4, help="for weights")
     g.add_argument("--norm-weight-decay", type=float, default=0.0, help="for norm parameters and biases")
@@ -119,12 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--channels-last", action=bool_flag, default=False)
     g.add_argument("--seed", type=int, default=0, help="model initialization, data order and augmentation")
     g.add_argument("--log-interval", type=int, default=20, help="iterations between log lines")
-    g.add_argument("--eval-interval", type=int, help="iterations between evaluations (default: 4 per run)")
-    g.add_argument("--ckpt-interval", type=int, help="iterations between last.pt saves (default: at each "
-                                                     "evaluation)")
+    g.add_argument("--eval-interval", type=int, help="iterations between evaluations; unset: 4 per run")
+    g.add_argument("--ckpt-interval", type=int, help="iterations between last.pt saves; unset: at each "
+                                                     "evaluation")
     g.add_argument("--num-vis", type=int, default=4, help="validation images drawn into vis/ at the end")
     g.add_argument("--progress", action=bool_flag, default=None,
-                   help="progress bars (default: when stderr is a terminal)")
+                   help="progress bars; unset: when stderr is a terminal")
     return p
 
 
