@@ -71,3 +71,15 @@ def test_two_gloo_processes_match_one_process_with_the_global_batch(tmp_path, si
     ddp_val = rows("ddp", "val")[-1]
     assert ddp_val["pixel_accuracy"] == pytest.approx(single["pixel_accuracy"], abs=1e-3)
     assert ddp_val["miou"] == pytest.approx(single["miou"], abs=1e-3)
+
+
+def test_sync_bn_on_cpu_processes_is_refused_before_training(tmp_path, monkeypatch):
+    # Pretend torchrun started two CPU processes; the check must fire before any collective is attempted.
+    import tools.train_seg as train_seg
+    from tools.distributed import DistInfo
+
+    monkeypatch.setattr(train_seg.dist_utils, "init_distributed",
+                        lambda device: DistInfo(rank=0, world_size=2, local_rank=0, device=torch.device("cpu")))
+    with pytest.raises(ValueError, match="sync_bn needs CUDA"):
+        run(tiny_run_args(tmp_path, "sync", "--norm", "sync_bn"))
+    assert not (tmp_path / "sync").exists()

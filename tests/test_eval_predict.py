@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import cv2
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -145,3 +146,19 @@ def test_predict_names_unreadable_or_missing_inputs(checkpoint, tmp_path):
         predict.run([str(tmp_path / "nothing.png"), "--checkpoint", str(best)])
     with pytest.raises(ValueError, match="alpha"):
         predict.run([str(bad), "--checkpoint", str(best), "--alpha", "2"])
+
+
+def test_overlay_and_palette():
+    from tools.visualize import add_legend, colorize, make_palette, overlay
+
+    palette = make_palette(4)
+    assert palette[:3].tolist() == [[0, 0, 0], [128, 0, 0], [0, 128, 0]]
+    assert len({tuple(c) for c in make_palette(256)}) == 256  # every class its own colour
+    image = np.full((2, 3, 3), 100, np.uint8)
+    mask = np.array([[0, 1, 255], [2, 3, 1]], np.uint8)
+    assert np.array_equal(overlay(image, mask, alpha=0.0, num_classes=4), image)
+    full = overlay(image, mask, alpha=1.0, num_classes=4)
+    assert np.array_equal(full[0, 1], palette[1]) and np.array_equal(full[0, 2], image[0, 2])  # 255 untouched
+    assert colorize(mask, num_classes=4)[0, 2].tolist() == [255, 255, 255]
+    with_legend = add_legend(full, ["a", "b", "c", "d"], labels=[1, 3])
+    assert with_legend.shape[0] >= 2 and with_legend.shape[1] > 3
