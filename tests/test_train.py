@@ -115,6 +115,8 @@ def test_options_run_together(tmp_path):
     groups = ckpt["optimizer"]["param_groups"]
     backbone = {g["lr_mult"] for g in groups if g["name"].startswith("backbone")}
     assert backbone == {0.1} and {g["lr_mult"] for g in groups if not g["name"].startswith("backbone")} == {1.0}
+    # the multiplier reaches the optimizer: each group's schedule starts from base lr (AdamW: 1e-3) x lr_mult
+    assert all(g["initial_lr"] == pytest.approx(1e-3 * g["lr_mult"]) for g in groups)
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records(tmp_path / "opts", "train"))
 
 

@@ -245,11 +245,10 @@ def _build_datasets(cfg: Mapping[str, Any]) -> Tuple[SegmentationDataset, Segmen
 
 def _build_optimizer(cfg: Mapping[str, Any], model: nn.Module, max_iters: int):
     lr_mult = {"backbone": cfg["backbone_lr_mult"]} if cfg["backbone_lr_mult"] != 1.0 else None
+    # Each group gets lr = base lr x its multiplier; LambdaLR then scales each group's own initial lr, which
+    # keeps the multiplier for the whole run.
     groups = param_groups(model, cfg["weight_decay"], norm_weight_decay=cfg["norm_weight_decay"],
-                          bias_weight_decay=cfg["norm_weight_decay"], lr_mult=lr_mult)
-    for group in groups:
-        # LambdaLR scales each group's own initial lr, which keeps the multiplier for the whole run.
-        group["lr"] = cfg["lr"] * group["lr_mult"]
+                          bias_weight_decay=cfg["norm_weight_decay"], lr_mult=lr_mult, lr=cfg["lr"])
     if cfg["optimizer"] == "sgd":
         optimizer = torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"])
     else:
