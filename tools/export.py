@@ -87,7 +87,9 @@ def export_onnx(model: nn.Module, path: str, *, example: torch.Tensor, opset: in
 
 def export_torchscript(model: nn.Module, path: str) -> None:
     """Write ``torch.jit.script(model)`` to ``path``."""
-    torch.jit.script(model).save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream; asked for explicitly
+        torch.jit.script(model).save(path)
 
 
 def onnx_runner(path: str) -> Callable[[torch.Tensor], List[torch.Tensor]]:
@@ -102,7 +104,9 @@ def onnx_runner(path: str) -> Callable[[torch.Tensor], List[torch.Tensor]]:
 
 
 def torchscript_runner(path: str) -> Callable[[torch.Tensor], List[torch.Tensor]]:
-    scripted = torch.jit.load(path, map_location="cpu").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.load(path, map_location="cpu").eval()
 
     def run(x: torch.Tensor) -> List[torch.Tensor]:
         with torch.no_grad():
