@@ -102,7 +102,8 @@ def test_torchvision_and_timm_models_fold(randomize):
     timm = pytest.importorskip("timm")
     x = torch.randn(1, 3, 64, 64)
     for model in (torchvision.models.resnet18(), torchvision.models.mobilenet_v3_small(),
-                  timm.create_model("resnet18d", features_only=True)):
+                  timm.create_model("resnet18d", features_only=True),
+                  build_backbone("timm:efficientnet_b0"), build_backbone("torchvision:resnet18")):
         check_equivalent(randomize(model), x)
     # timm's fused BatchNormAct2d folds and keeps its activation.
     seq = nn.Sequential(nn.Conv2d(3, 8, 3), timm.layers.BatchNormAct2d(8, act_layer=nn.ReLU))
