@@ -58,9 +58,10 @@ class BasicBlock(nn.Module):
         return self.bn2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
+        # The shortcut is computed last so its full-size output is not held while the main branch runs.
+        identity = x if self.downsample is None else self.downsample(x)
         # In place: saves allocating (and, for large maps, page-faulting in) one more full-size tensor per block.
         out += identity
         return self.relu(out)
@@ -96,10 +97,10 @@ class Bottleneck(nn.Module):
         return self.bn3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
+        identity = x if self.downsample is None else self.downsample(x)  # last, see BasicBlock
         out += identity  # in place, see BasicBlock
         return self.relu(out)
 
@@ -297,7 +298,8 @@ class ResNet(Backbone):
         if 0 in self.out_indices:
             outs.append(x)
         if self.num_stages >= 1:
-            x = self.layer1(self.maxpool(x))
+            x = self.maxpool(x)  # rebinding x frees the stride-2 map before layer1 runs
+            x = self.layer1(x)
             if 1 in self.out_indices:
                 outs.append(x)
         if self.num_stages >= 2:
