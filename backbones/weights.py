@@ -17,7 +17,8 @@ from typing import Dict, Mapping, Optional, Union
 import torch
 from torch import nn
 
-__all__ = ["WEIGHT_URLS", "load_state_dict_file", "load_pretrained", "resolve_weights", "cached_path_for_url"]
+__all__ = ["WEIGHT_URLS", "load_state_dict_file", "load_pretrained", "resolve_weights", "cached_path_for_url",
+           "state_dict_mismatches"]
 
 # torchvision's ImageNet weights (IMAGENET1K_V1): the file names end in the SHA-256 prefix torch.hub checks.
 WEIGHT_URLS: Dict[str, str] = {
@@ -143,6 +144,27 @@ def _adapt_to_model(sd: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, 
     return out
 
 
+def state_dict_mismatches(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, limit: int = 8
+                          ) -> Optional[str]:
+    """Missing keys, unexpected keys and shape mismatches of ``state_dict`` against ``model``, in one line.
+
+    Returns ``None`` when ``model.load_state_dict(state_dict, strict=True)`` would succeed; checking first lets
+    callers refuse a checkpoint before any tensor is copied.
+    """
+    target = model.state_dict()
+    missing = sorted(set(target) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(target))
+    mismatched = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(target[k].shape)}"
+                  for k in state_dict if k in target and state_dict[k].shape != target[k].shape]
+    parts = []
+    for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                         ("shape mismatches", mismatched)):
+        if items:
+            more = f" ... (+{len(items) - limit} more)" if len(items) > limit else ""
+            parts.append(f"{len(items)} {label}: {', '.join(items[:limit])}{more}")
+    return "; ".join(parts) or None
+
+
 def load_pretrained(model: nn.Module, source: Union[bool, str, os.PathLike], *, arch: Optional[str] = None,
                     progress: bool = True) -> nn.Module:
     """Load a torchvision- or timm-format checkpoint into ``model``, all or nothing.
@@ -163,21 +185,11 @@ def load_pretrained(model: nn.Module, source: Union[bool, str, os.PathLike], *, 
         raise TypeError(f"pretrained must be True, 'imagenet', a path or a URL, got {source!r}")
     path = resolve_weights(source, progress=progress)
     sd = _adapt_to_model(load_state_dict_file(path), model)
-    target = model.state_dict()
-    missing = sorted(set(target) - set(sd))
-    unexpected = sorted(set(sd) - set(target))
-    mismatched = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(target[k].shape)}"
-                  for k in sd if k in target and sd[k].shape != target[k].shape]
-    if missing or unexpected or mismatched:
-        parts = []
-        for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                             ("shape mismatches", mismatched)):
-            if items:
-                more = f" ... (+{len(items) - 8} more)" if len(items) > 8 else ""
-                parts.append(f"{len(items)} {label}: {', '.join(items[:8])}{more}")
+    problems = state_dict_mismatches(model, sd)
+    if problems:
         raise ValueError(
             f"checkpoint {str(path)!r} does not fit {type(model).__name__}"
-            f"{f' ({arch})' if arch else ''}; expected a torchvision/timm ResNet state dict. " + "; ".join(parts)
+            f"{f' ({arch})' if arch else ''}; expected a torchvision/timm ResNet state dict. {problems}"
         )
     model.load_state_dict(sd, strict=True)
     return model

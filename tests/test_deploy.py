@@ -1,7 +1,6 @@
 """deploy(): equivalence with the eval-mode original (fp32 and bf16), BatchNorm folding by data flow, packed
 convolutions, and the bad inputs the issue lists."""
 
-import copy
 import pickle
 
 import pytest

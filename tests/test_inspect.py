@@ -4,7 +4,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from backbones import build_backbone
 from tools.inspect import main

@@ -36,7 +36,7 @@ from backbones import build_backbone, deploy
 from backbones.deploy import reuse_freed_memory
 
 from .peers import PEERS, PeerUnavailable, build_peer, same_output
-from .profiling import Timing, conv_flops, matmul_flops, parse_size, peak_tensor_memory, time_round_robin
+from .profiling import conv_flops, matmul_flops, parse_size, peak_tensor_memory, time_round_robin
 
 __all__ = ["main", "run_inference", "run_training"]
 

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from backbones.weights import state_dict_mismatches
+
 __all__ = ["FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state",
            "check_model_state"]
 
@@ -101,16 +103,6 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
 
 def check_model_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, where: str) -> None:
     """Raise ``ValueError`` listing missing, unexpected and wrongly shaped keys before anything is loaded."""
-    target = model.state_dict()
-    missing = sorted(set(target) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(target))
-    mismatched = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(target[k].shape)}"
-                  for k in state_dict if k in target and state_dict[k].shape != target[k].shape]
-    if missing or unexpected or mismatched:
-        parts = []
-        for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                             ("shape mismatches", mismatched)):
-            if items:
-                more = f" ... (+{len(items) - 5} more)" if len(items) > 5 else ""
-                parts.append(f"{len(items)} {label}: {', '.join(items[:5])}{more}")
-        raise ValueError(f"checkpoint {where} does not fit this model: " + "; ".join(parts))
+    problems = state_dict_mismatches(model, state_dict, limit=5)
+    if problems:
+        raise ValueError(f"checkpoint {where} does not fit this model: {problems}")

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from . import distributed as dist_utils
+from .cli import run_cli
 from .checkpoint import check_model_state, load_checkpoint
 from .config import yaml_mapping
 from .data import build_eval_loader
@@ -34,7 +35,6 @@ from .transforms import eval_transform
 
 __all__ = ["build_parser", "load_model", "run", "main"]
 
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,11 +138,7 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Command-line entry point (``dense-eval``)."""
-    try:
-        run(argv)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    run_cli(run, argv)
 
 
 if __name__ == "__main__":

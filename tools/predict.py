@@ -13,7 +13,6 @@ images directly inside them. The default output folder is ``predictions/`` next 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -21,6 +20,7 @@ import cv2
 import numpy as np
 import torch
 
+from .cli import run_cli
 from .datasets.io import IMAGE_EXTENSIONS, list_images, read_image
 from .distributed import resolve_device
 from .eval_seg import add_inference_args, inference_options, load_model
@@ -31,7 +31,6 @@ from .visualize import add_legend, overlay, save_png
 
 __all__ = ["build_parser", "run", "main"]
 
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,11 +98,7 @@ def run(argv: Optional[List[str]] = None) -> List[Path]:
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Command-line entry point (``dense-predict``)."""
-    try:
-        run(argv)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    run_cli(run, argv)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from backbones import param_groups
 
 from . import distributed as dist_utils
+from .cli import run_cli
 from .checkpoint import FORMAT_VERSION, check_model_state, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import explicit_dests, parse_config, save_config, to_plain, yaml_mapping
 from .data import build_eval_loader, build_train_loader
@@ -45,14 +46,11 @@ from .schedule import poly_warmup_scheduler
 from .transforms import eval_transform, normalize, train_transform
 from .visualize import add_legend, overlay, plot_curves, save_png
 
-__all__ = ["build_parser", "train", "run", "main", "USER_ERRORS"]
+__all__ = ["build_parser", "train", "run", "main"]
 
 DEFAULT_ITERS = 400
 OPTIMIZERS = ("sgd", "adamw")
 DEFAULT_LR = {"sgd": 0.01, "adamw": 0.001}
-# Errors that mean "fix your input" (or, for ConnectionError, "fetch the weights by hand"): the command line
-# prints the message alone, without a traceback.
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FloatingPointError, ConnectionError)
 # Keys of the command line that are not part of a run's config.
 _NOT_CONFIG = ("config", "resume")
 
@@ -474,11 +472,7 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Command-line entry point (``dense-train``)."""
-    try:
-        run(argv)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    run_cli(run, argv)
 
 
 if __name__ == "__main__":
