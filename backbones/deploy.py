@@ -154,7 +154,7 @@ def fold_batchnorm(model: nn.Module, *, example_input: Any = None) -> List[str]:
             parent, name = parents[bn]  # registered once: checked when the pair was found
             setattr(parent, name, _fold_pair(conv, bn))
         check = model(example_input)
-    for ref, out in zip(_flat_tensors(reference), _flat_tensors(check)):
+    for ref, out in zip(iter_tensors(reference), iter_tensors(check)):
         scale = ref.float().abs().max().clamp_min(1e-12)
         err = float((out.float() - ref.float()).abs().max() / scale)
         if err > 1e-3:
@@ -197,7 +197,7 @@ class _DataFlow(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name in _METADATA_CALLS or (name == "__get__" and not isinstance(out, torch.Tensor)):
             return out
-        for t in _flat_tensors((args, kwargs)):
+        for t in iter_tensors((args, kwargs)):
             self.readers.setdefault(id(t), []).append(self.current_norm)
             self.keep.append(t)
         return out
@@ -240,7 +240,7 @@ def _traced_pairs(model: nn.Module, example_input: Any
     counts = _registrations(model)
     produced_by = {id(out): conv for conv, c in calls.items() if _is_plain_conv(conv) and len(c) == 1
                    for _, out in c}
-    returned = {id(t) for t in _flat_tensors(output)}
+    returned = {id(t) for t in iter_tensors(output)}
     pairs: Dict[nn.Module, nn.Module] = {}
     for bn, c in calls.items():
         if _is_plain_conv(bn) or len(c) != 1:
@@ -314,15 +314,16 @@ def _fold_pair(conv: nn.Conv2d, bn: nn.Module) -> nn.Module:
     return nn.Identity()
 
 
-def _flat_tensors(obj: Any) -> Iterator[torch.Tensor]:
+def iter_tensors(obj: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a nest of tensors, lists, tuples and dicts (a model's inputs or outputs), in order."""
     if isinstance(obj, torch.Tensor):
         yield obj
     elif isinstance(obj, dict):
         for v in obj.values():
-            yield from _flat_tensors(v)
+            yield from iter_tensors(v)
     elif isinstance(obj, (list, tuple)):
         for v in obj:
-            yield from _flat_tensors(v)
+            yield from iter_tensors(v)
 
 
 def _describe(obj: Any) -> str:

@@ -20,7 +20,7 @@ import copy
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -28,6 +28,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from backbones.deploy import iter_tensors
 from backbones.base import Backbone
 from backbones.norm import NORM_TYPES
 
@@ -122,8 +123,8 @@ class TensorMemory(TorchDispatchMode):
         out = func(*args, **kwargs)
         self._release_expired()
         # An output sharing an input's storage (a view, detach, an in-place op) allocated nothing.
-        inputs = {_storage_key(t) for t in _tensors((args, kwargs))}
-        for t in _tensors(out):
+        inputs = {_storage_key(t) for t in iter_tensors((args, kwargs))}
+        for t in iter_tensors(out):
             self._track(t, inputs)
         return out
 
@@ -155,17 +156,6 @@ def peak_tensor_memory(fn: Callable[[], Any]) -> int:
     with TensorMemory() as mem:
         fn()
     return mem.peak_bytes
-
-
-def _tensors(obj: Any) -> Iterator[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _tensors(v)
-    elif isinstance(obj, (list, tuple)):
-        for v in obj:
-            yield from _tensors(v)
 
 
 # --- FLOPs and per-stage costs --------------------------------------------------------------------------------
@@ -261,7 +251,7 @@ def model_cost(model: nn.Module, input_shape: Sequence[int], *, dtype: torch.dty
         stride = input_shape[-2] / shape[-2] if len(shape) == 4 else None
         params = {id(p): p.numel() for top in mods for p in top.parameters()}
         dilation = max([c.dilation[0] for top in mods for c in top.modules() if isinstance(c, nn.Conv2d)] or [1])
-        out_bytes = sum(t.numel() * t.element_size() for t in _tensors(out))
+        out_bytes = sum(t.numel() * t.element_size() for t in iter_tensors(out))
         stages.append(StageCost(label, shape, stride, dilation, sum(params.values()), macs, norm_macs[i],
                                 out_bytes, saved[i]))
     return ModelCost(tuple(input_shape), stages)
