@@ -34,6 +34,7 @@ from torch import nn
 
 from backbones import build_backbone, deploy
 from backbones.deploy import reuse_freed_memory
+from heads.base import nominal_strides
 
 from .peers import PEERS, PeerUnavailable, build_peer, same_output
 from .profiling import conv_flops, matmul_flops, parse_size, peak_tensor_memory, time_round_robin
@@ -64,7 +65,7 @@ def build(spec: str, *, output_stride: int, checkpoint: bool = False) -> nn.Modu
 def min_size(model: nn.Module) -> int:
     """Smallest input side the network is meant for: its largest stride in the undilated network."""
     backbone = getattr(model, "backbone", model)
-    return max(s.stride * s.dilation for s in backbone.feature_info)
+    return max(nominal_strides(backbone.feature_info))
 
 
 def _check_size(model: nn.Module, spec: str, height: int, width: int) -> None:
