@@ -18,6 +18,7 @@ cost about one decimal digit, 1e-5 relative error in fp32 (bf16 would lose most 
 
 The intermediate buffers are reused from call to call (per thread, grown to the largest size seen, see
 :func:`release_workspace`), since allocating them fresh costs as much as the transforms themselves (page faults).
+They hold a zero-padded copy of the input plus two chunks of at most :data:`CHUNK_BYTES` each.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ __all__ = ["MIN_CHANNELS", "is_eligible", "release_workspace", "transform_weight
 MIN_CHANNELS = 128
 
 TILE = 4  # output tile side (m)
+# Bytes of each of the two scratch buffers (tiles transformed at once: whole rows of tiles, at least one row).
+# Smaller chunks run many small matrix products (slower at 128 channels); 32 MiB is 910 tiles at 256 channels.
+CHUNK_BYTES = 32 * 2 ** 20
 SPAN = TILE + 2  # input tile side (m + r - 1) for a 3x3 kernel
 
 # Interpolation points 0, 1, -1, 2, -2 and infinity (Lavin & Gray), in float64 so the transformed weights are
@@ -110,7 +114,6 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tens
     if u.shape[:2] != (SPAN * SPAN, c):
         raise ValueError(f"weight of shape {tuple(u.shape)} does not take {c} input channels")
     th, tw = -(-h // TILE), -(-w // TILE)  # tiles per column / row; the last ones may overhang
-    tiles = n * th * tw
 
     # Zero-padded NHWC copy of x, large enough for whole tiles; only the border is cleared, the rest is x.
     hp, wp = TILE * th + 2, TILE * tw + 2
@@ -121,28 +124,46 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tens
     padded[:, :, w + 1:].zero_()
     padded[:, 1:h + 1, 1:w + 1].copy_(x.permute(0, 2, 3, 1))
 
-    # Overlapping 6x6 tiles at stride 4, laid out (36, T*C) so that one matrix product transforms them all.
-    sn, sh, sw, _ = padded.stride()
-    windows = padded.as_strided((SPAN, SPAN, n, th, tw, c), (sh, sw, sn, TILE * sh, TILE * sw, 1))
-    d = _WORKSPACE.get("tiles", SPAN * SPAN * tiles * c, x).view(SPAN, SPAN, n, th, tw, c)
-    d.copy_(windows)
-    v = _WORKSPACE.get("input_t", SPAN * SPAN * tiles * c, x).view(SPAN * SPAN, tiles * c)
-    torch.mm(_INPUT_T.to(x.device), d.view(SPAN * SPAN, tiles * c), out=v)
-    m = _WORKSPACE.get("product", SPAN * SPAN * tiles * k, x).view(SPAN * SPAN, tiles, k)
-    torch.bmm(v.view(SPAN * SPAN, tiles, c), u, out=m)
-    y = _WORKSPACE.get("output_t", TILE * TILE * tiles * k, x).view(TILE * TILE, tiles * k)
-    torch.mm(_OUTPUT_T.to(x.device), m.view(SPAN * SPAN, tiles * k), out=y)
-
-    # y[p, q] holds output pixel (4i + p, 4j + q) of tile (i, j): scatter the 16 offsets, adding the bias.
     out = torch.empty((n, k, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     out_nhwc = out.permute(0, 2, 3, 1)
-    y = y.view(TILE, TILE, n, th, tw, k)
+    # Rows of tiles are processed in chunks of at most CHUNK_BYTES of scratch, whatever the image size.
+    chunk_tiles = CHUNK_BYTES // (SPAN * SPAN * max(c, k) * x.element_size())
+    rows = max(1, min(th, chunk_tiles // tw))
+    for i in range(n):
+        for r0 in range(0, th, rows):
+            r1 = min(th, r0 + rows)
+            _tile_rows(padded[i, TILE * r0:TILE * r1 + 2], out_nhwc[i, TILE * r0:TILE * r1], u, bias)
+    return out
+
+
+def _tile_rows(padded: torch.Tensor, out: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
+    """Convolve the tile rows of ``padded (4 * rows + 2, 4 * tw + 2, C)`` into ``out (<= 4 * rows, W, K)``."""
+    rows, tw = (padded.shape[0] - 2) // TILE, (padded.shape[1] - 2) // TILE
+    c, k = padded.shape[2], u.shape[2]
+    tiles = rows * tw
+    # Overlapping 6x6 tiles at stride 4, laid out (36, T*C) so that one matrix product transforms them all.
+    # Two scratch buffers serve twice each: tiles then products, transformed tiles then outputs.
+    sh, sw, _ = padded.stride()
+    windows = padded.as_strided((SPAN, SPAN, rows, tw, c), (sh, sw, TILE * sh, TILE * sw, 1))
+    first = _WORKSPACE.get("first", SPAN * SPAN * tiles * max(c, k), padded)
+    second = _WORKSPACE.get("second", SPAN * SPAN * tiles * max(c, k), padded)
+    d = first[:SPAN * SPAN * tiles * c].view(SPAN, SPAN, rows, tw, c)
+    d.copy_(windows)
+    v = second[:SPAN * SPAN * tiles * c].view(SPAN * SPAN, tiles * c)
+    torch.mm(_INPUT_T.to(padded.device), d.view(SPAN * SPAN, tiles * c), out=v)
+    m = first[:SPAN * SPAN * tiles * k].view(SPAN * SPAN, tiles, k)
+    torch.bmm(v.view(SPAN * SPAN, tiles, c), u, out=m)
+    y = second[:TILE * TILE * tiles * k].view(TILE * TILE, tiles * k)
+    torch.mm(_OUTPUT_T.to(padded.device), m.view(SPAN * SPAN, tiles * k), out=y)
+
+    # y[p, q] holds output pixel (4i + p, 4j + q) of tile (i, j): scatter the 16 offsets, adding the bias.
+    h, w = out.shape[:2]
+    y = y.view(TILE, TILE, rows, tw, k)
     for p in range(TILE):
         for q in range(TILE):
-            src = y[p, q, :, :(h - p + TILE - 1) // TILE, :(w - q + TILE - 1) // TILE]
-            dst = out_nhwc[:, p::TILE, q::TILE]
+            src = y[p, q, :(h - p + TILE - 1) // TILE, :(w - q + TILE - 1) // TILE]
+            dst = out[p::TILE, q::TILE]
             if bias is None:
                 dst.copy_(src)
             else:
                 torch.add(src, bias, out=dst)
-    return out

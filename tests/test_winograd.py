@@ -15,6 +15,7 @@ from backbones.winograd import MIN_CHANNELS, is_eligible, release_workspace, tra
 
 # The module, not the deploy() function that backbones/__init__ exports under the same name.
 deploy_module = importlib.import_module("backbones.deploy")
+winograd_module = importlib.import_module("backbones.winograd")
 
 
 def reference(x, weight, bias):
@@ -36,6 +37,17 @@ def test_matches_conv2d(shape, out_channels, with_bias):
     assert out.shape == (shape[0], out_channels, *shape[2:])
     assert out.is_contiguous(memory_format=torch.channels_last)
     assert rel_err(out, reference(x, weight, bias)) < 5e-5
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 36 * 8 * 4 * 20, 36 * 8 * 4 * 27])
+def test_chunks_of_tile_rows_match_conv2d(monkeypatch, chunk_bytes):
+    # 5 rows of 9 tiles per image: one row per chunk (the minimum), then rows 2+2+1, then 3+2.
+    monkeypatch.setattr(winograd_module, "CHUNK_BYTES", chunk_bytes)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 8, 19, 35, generator=gen)
+    weight = torch.randn(8, 8, 3, 3, generator=gen)
+    bias = torch.randn(8, generator=gen)
+    assert rel_err(winograd_conv3x3(x, transform_weight(weight), bias), reference(x, weight, bias)) < 5e-5
 
 
 def test_reused_buffers_do_not_leak_between_calls():
