@@ -7,8 +7,9 @@ What makes a ResNet fast on a CPU (measured on a 2-core AVX-512 EPYC, see ``docs
 - eager PyTorch converts every convolution's weight into oneDNN's blocked layout on *every* call. Converting it
   once per input shape (what ``torch.jit.optimize_for_inference`` and Inductor's freezing do) saves a further
   ~8-12% on ResNet-50 and brings ResNet-18/50 to the rate of a large fp32 matrix product;
-- past that rate only less arithmetic helps: in fp32, wide 3x3 convolutions (128 channels and more) run as
-  Winograd F(4x4, 3x3) (:mod:`backbones.winograd`), a quarter of the multiply-adds, 1.1-1.6x faster per layer.
+- past that rate only less arithmetic helps: ``winograd=True`` (opt-in) runs wide 3x3 convolutions (128 channels
+  and more) as Winograd F(4x4, 3x3) (:mod:`backbones.winograd`), a quarter of the multiply-adds, 1.1-1.6x faster
+  per layer when it runs well, but erratic on a shared machine (see :func:`deploy`).
 
 Fusing ReLU and the residual addition into the convolution (oneDNN post-ops) was measured as well and gained
 nothing once weights are packed, so ReLUs stay where they are: ONNX Runtime and Inductor fuse them themselves.
@@ -39,7 +40,7 @@ PROBE_SIZE = 64
 
 
 def deploy(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_last: bool = True,
-           device: Union[str, torch.device, None] = None, pack_weights: bool = True, winograd: bool = True,
+           device: Union[str, torch.device, None] = None, pack_weights: bool = True, winograd: bool = False,
            example_input: Any = None) -> nn.Module:
     """Return an inference-only copy of ``model`` (a backbone, a head, a ``SegmentationModel``, any module tree).
 
@@ -57,10 +58,13 @@ def deploy(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_la
         device: move the copy there (default: where ``model`` is).
         pack_weights: on CPU with ``channels_last``, run convolutions through oneDNN with weights packed once
             per input shape (:class:`PackedConv2d`); costs one extra copy of the weights per cached shape.
-        winograd: with ``pack_weights``, in fp32, run the 3x3 stride-1 convolutions with at least
+        winograd: opt-in. With ``pack_weights``, in fp32, run the 3x3 stride-1 convolutions with at least
             :data:`backbones.winograd.MIN_CHANNELS` input and output channels as Winograd F(4x4, 3x3): a quarter
             of the multiply-adds, at the price of ~1e-5 relative error per layer (instead of ~1e-6), weights held
-            a second time in the Winograd domain (4x their size) and reused per-thread scratch buffers.
+            a second time in the Winograd domain (4x their size) and reused per-thread scratch buffers. Not the
+            default because its memory-bound transforms make it erratic: on this project's shared 2-core machine
+            it made ResNet-34 1.2-1.3x faster in some processes and ~1.2x *slower* in others (see
+            ``docs/performance.md``); time it on your own machine (``tools.benchmark --ablation``).
         example_input: what to call ``model`` with to trace conv -> norm pairs; default a
             ``(1, C, 64, 64)`` random tensor with ``C`` the model's ``in_chans`` or its first conv's inputs.
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from backbones import build_backbone, deploy
 from backbones.deploy import PackedConv2d
+from heads import build_segmentor, list_heads
 from backbones.winograd import MIN_CHANNELS, is_eligible, release_workspace, transform_weight, winograd_conv3x3
 
 # The module, not the deploy() function that backbones/__init__ exports under the same name.
@@ -110,7 +111,8 @@ def winograd_layers(model):
 
 def test_deploy_routes_wide_3x3_layers_in_fp32_only(monkeypatch, randomize):
     model = randomize(build_backbone("resnet18", out_strides=(8, 16)))
-    fast = deploy(model)
+    assert winograd_layers(deploy(model)) == [], "opt-in"
+    fast = deploy(model, winograd=True)
     assert winograd_layers(fast) == ["layer2.0.conv2", "layer2.1.conv1", "layer2.1.conv2",
                                      "layer3.0.conv2", "layer3.1.conv1", "layer3.1.conv2"]
     calls = []
@@ -124,17 +126,27 @@ def test_deploy_routes_wide_3x3_layers_in_fp32_only(monkeypatch, randomize):
     assert winograd_layers(deploy(model, winograd=False)) == []
     assert winograd_layers(deploy(fast, winograd=False)) == [], "deploying again must honour the new setting"
     if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        assert winograd_layers(deploy(model, dtype=torch.bfloat16)) == []
+        assert winograd_layers(deploy(model, dtype=torch.bfloat16, winograd=True)) == []
     with pytest.raises(TypeError, match="winograd must be a bool"):
         deploy(model, winograd="yes")
 
 
 def test_weight_changed_in_place_is_transformed_again():
     conv = nn.Conv2d(MIN_CHANNELS, MIN_CHANNELS, 3, padding=1)
-    fast = deploy(conv)
+    fast = deploy(conv, winograd=True)
     assert fast.winograd
     x = torch.randn(1, MIN_CHANNELS, 9, 9)
     with torch.no_grad():
         fast(x)
         fast.weight.mul_(-2)
         assert rel_err(fast(x), reference(x, fast.weight, fast.bias)) < 5e-5
+
+
+@pytest.mark.parametrize("head", list_heads())
+def test_segmentation_models_deploy_with_winograd(head, randomize):
+    model = randomize(build_segmentor(head=head, backbone="resnet18", num_classes=5, output_stride=16))
+    fast = deploy(model, winograd=True)
+    assert winograd_layers(fast), "some layer must take the Winograd path"
+    x = torch.randn(2, 3, 97, 131)
+    with torch.no_grad():
+        assert rel_err(fast(x), model.eval()(x).double()) < 1e-4
