@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from backbones import build_backbone, deploy
-from backbones.winograd import release_workspace
 from backbones.deploy import reuse_freed_memory
+from backbones.winograd import release_workspace
 from heads.base import nominal_strides
 
 from .peers import PEERS, PeerUnavailable, build_peer, same_output
@@ -84,8 +84,7 @@ def run_inference(spec: str, *, size: Tuple[int, int], batch: int, dtypes: Seque
     """Time ``spec`` eager and deployed (each dtype), its peers and a matrix product; see the module doc.
 
     ``ablation`` adds fp32 deploy variants without packed weights, without channels_last, and with Winograd
-    (``deploy(winograd=True)``), to show what each
-    step of :func:`backbones.deploy` contributes."""
+    (``deploy(winograd=True)``), to show what each step of :func:`backbones.deploy` contributes."""
     torch.manual_seed(0)
     model = build(spec, output_stride=output_stride).to(device).eval()
     _check_size(model, spec, *size)
