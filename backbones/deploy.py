@@ -13,7 +13,8 @@ What makes a ResNet fast on a CPU (measured on a 2-core AVX-512 EPYC, see ``docs
 
 Fusing ReLU and the residual addition into the convolution (oneDNN post-ops, bit-identical outputs) was measured
 as well, with packed weights: 0% on ResNet-34, ~3% on ResNet-18, ~9% on ResNet-50 at 512x1024. Not worth a
-second, fused forward path in every block, so ReLUs stay where they are: ONNX Runtime and Inductor fuse them themselves.
+second, fused forward path in every block, so ReLUs stay where they are: ONNX Runtime and Inductor fuse them
+themselves.
 
 One cost is outside the model: glibc hands every block of 32 MiB or more (a 64x256x512 fp32 map) back to the OS
 when it is freed, so the next forward maps it again and the kernel zero-fills it page by page (~80k page faults,

@@ -16,8 +16,9 @@ a 2-core AVX-512 CPU at 512x1024 input, 1.5x faster than oneDNN's direct kernel 
 for 128, slower for 64; hence :data:`MIN_CHANNELS`. Those are its good runs: its transforms are memory-bound,
 and on that shared machine some processes ran it 1.4x slower than that throughout, or switched between the
 two rates mid-run (padding the scratch rows against cache-set conflicts did not change it), so
-:func:`backbones.deploy` uses it only on request (``winograd=True``). fp32 only: the transforms' constants (up to 8 and 1/24)
-cost about one decimal digit, 1e-5 relative error in fp32 (bf16 would lose most of its 3 digits).
+:func:`backbones.deploy` uses it only on request (``winograd=True``). fp32 only: the transforms' constants
+(up to 8 and 1/24) cost about one decimal digit, 1e-5 relative error in fp32 (bf16 would lose most of its 3
+digits).
 
 The intermediate buffers are reused from call to call (per thread, grown to the largest size seen, see
 :func:`release_workspace`), since allocating them fresh costs as much as the transforms themselves (page faults).
