@@ -7,9 +7,9 @@ What makes a ResNet fast on a CPU (measured on a 2-core AVX-512 EPYC, see ``docs
 - eager PyTorch converts every convolution's weight into oneDNN's blocked layout on *every* call. Converting it
   once per input shape (what ``torch.jit.optimize_for_inference`` and Inductor's freezing do) saves a further
   ~8-12% on ResNet-50 and brings ResNet-18/50 to the rate of a large fp32 matrix product;
-- past that rate only less arithmetic helps: ``winograd=True`` (opt-in) runs wide 3x3 convolutions (128 channels
-  and more) as Winograd F(4x4, 3x3) (:mod:`backbones.winograd`), a quarter of the multiply-adds, 1.1-1.6x faster
-  per layer when it runs well, but erratic on a shared machine (see :func:`deploy`).
+- past that rate only less arithmetic helps: wide 3x3 convolutions (256 channels and more) run as Winograd
+  F(4x4, 3x3) (:mod:`backbones.winograd`), a quarter of the multiply-adds: 1.5-2x faster per layer while memory
+  bandwidth is free, 0.97-1.7x while other processes contend for it (``winograd=False`` turns it off).
 
 Fusing ReLU and the residual addition into the convolution (oneDNN post-ops, bit-identical outputs) was measured
 as well, with packed weights: 0% on ResNet-34, ~3% on ResNet-18, ~9% on ResNet-50 at 512x1024. Not worth a
@@ -42,7 +42,7 @@ PROBE_SIZE = 64
 
 
 def deploy(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_last: bool = True,
-           device: Union[str, torch.device, None] = None, pack_weights: bool = True, winograd: bool = False,
+           device: Union[str, torch.device, None] = None, pack_weights: bool = True, winograd: bool = True,
            example_input: Any = None) -> nn.Module:
     """Return an inference-only copy of ``model`` (a backbone, a head, a ``SegmentationModel``, any module tree).
 
@@ -60,13 +60,14 @@ def deploy(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_la
         device: move the copy there (default: where ``model`` is).
         pack_weights: on CPU with ``channels_last``, run convolutions through oneDNN with weights packed once
             per input shape (:class:`PackedConv2d`); costs one extra copy of the weights per cached shape.
-        winograd: opt-in. With ``pack_weights``, in fp32, run the 3x3 stride-1 convolutions with at least
+        winograd: with ``pack_weights``, in fp32, run the 3x3 stride-1 convolutions with at least
             :data:`backbones.winograd.MIN_CHANNELS` input and output channels as Winograd F(4x4, 3x3): a quarter
             of the multiply-adds, at the price of ~1e-5 relative error per layer (instead of ~1e-6), weights held
-            a second time in the Winograd domain (4x their size) and reused per-thread scratch buffers. Not the
-            default because its memory-bound transforms make it erratic: on this project's shared 2-core machine
-            it made ResNet-34 1.2-1.3x faster in some processes and ~1.2x *slower* in others (see
-            ``docs/performance.md``); time it on your own machine (``tools.benchmark --ablation``).
+            a second time in the Winograd domain (4x their size) and reused per-thread scratch buffers (up to
+            ~100 MiB more peak memory at 512x1024). Its transforms are memory-bound: on this project's shared
+            2-core machine those layers ran 1.5-2x faster than direct while memory bandwidth was free, and
+            0.97-1.7x while other tenants contended for it (see ``docs/performance.md``). ``False`` keeps every
+            convolution on oneDNN's direct kernel (outputs closest to eager).
         example_input: what to call ``model`` with to trace conv -> norm pairs; default a
             ``(1, C, 64, 64)`` random tensor with ``C`` the model's ``in_chans`` or its first conv's inputs.
 

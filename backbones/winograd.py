@@ -11,14 +11,21 @@ Every step here is one large matrix product or one strided copy over all tiles a
     M = V[a] @ U[a]       (36 batched Tx C @ C x K)   the channel mixing, 4x fewer multiply-adds
     Y = (A^T (x) A^T) M   (16x36 @ 36xT*K)      output transform, then bias and scatter to NHWC
 
-It pays off where channels are wide (the transforms cost O(C + K) per pixel, the saving O(C * K)): measured on
-a 2-core AVX-512 CPU at 512x1024 input, 1.5x faster than oneDNN's direct kernel for 256 and 512 channels, 1.2x
-for 128, slower for 64; hence :data:`MIN_CHANNELS`. Those are its good runs: its transforms are memory-bound,
-and on that shared machine some processes ran it 1.4x slower than that throughout, or switched between the
-two rates mid-run (padding the scratch rows against cache-set conflicts did not change it), so
-:func:`backbones.deploy` uses it only on request (``winograd=True``). fp32 only: the transforms' constants
-(up to 8 and 1/24) cost about one decimal digit, 1e-5 relative error in fp32 (bf16 would lose most of its 3
-digits).
+It pays off where channels are wide (the transforms cost O(C + K) per pixel, the saving O(C * K)), and its
+transforms are memory-bound where the direct kernel is compute-bound, so the gain depends on free memory
+bandwidth. Measured per layer on a 2-core AVX-512 EPYC shared with other tenants (ResNet-18/34/50 and their FPN /
+DeepLabV3+ heads at 512x1024 and 4x512x512), against oneDNN's direct kernel with packed weights:
+
+    channels   memory bandwidth free   contended (same layers, same buffers, a few seconds later)
+    512        1.15-2.2x               1.0-1.9x
+    256        1.5-2.0x                0.97-1.7x
+    128        1.2-1.35x               0.63-0.88x
+
+The contended rate comes and goes within one process with the same scratch buffers at the same addresses, and
+only the memory-bound steps (the window copy and both transforms) slow down, 2-4x, while direct convolutions in
+the same forward keep their rate; it is the machine, not this code. Hence :data:`MIN_CHANNELS` = 256, where
+Winograd wins on an idle machine and breaks even on a contended one. fp32 only: the transforms' constants (up
+to 8 and 1/24) cost about one decimal digit, 1e-5 relative error in fp32 (bf16 would lose most of its 3 digits).
 
 The intermediate buffers are reused from call to call (per thread, grown to the largest size seen, see
 :func:`release_workspace`), since allocating them fresh costs as much as the transforms themselves (page faults).
@@ -35,8 +42,8 @@ from torch import nn
 
 __all__ = ["MIN_CHANNELS", "is_eligible", "release_workspace", "transform_weight", "winograd_conv3x3"]
 
-# Below this many input or output channels the transforms cost more than the saved multiply-adds (see above).
-MIN_CHANNELS = 128
+# Below this many input or output channels the transforms can cost more than the saved multiply-adds (see above).
+MIN_CHANNELS = 256
 
 TILE = 4  # output tile side (m)
 # Bytes of each of the two scratch buffers (tiles transformed at once: whole rows of tiles, at least one row).

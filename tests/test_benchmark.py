@@ -50,7 +50,7 @@ def test_segmentation_model_is_compared_with_its_eager_form():
     rows = rows_by_name(result)
     assert result["reference"] == "dense eager" and set(rows) == {
         "dense eager", "dense deploy fp32", "dense deploy fp32 NCHW", "dense deploy fp32 unpacked",
-        "dense deploy fp32 winograd", "matmul 2048 fp32"}
+        "dense deploy fp32 direct", "matmul 2048 fp32"}
     assert not result["notes"]  # the ablation variants compute the same function too
 
 

@@ -83,8 +83,8 @@ def run_inference(spec: str, *, size: Tuple[int, int], batch: int, dtypes: Seque
                   ablation: bool = False) -> Dict[str, Any]:
     """Time ``spec`` eager and deployed (each dtype), its peers and a matrix product; see the module doc.
 
-    ``ablation`` adds fp32 deploy variants without packed weights, without channels_last, and with Winograd
-    (``deploy(winograd=True)``), to show what each step of :func:`backbones.deploy` contributes."""
+    ``ablation`` adds fp32 deploy variants without packed weights, without channels_last, and without Winograd
+    (``deploy(winograd=False)``), to show what each step of :func:`backbones.deploy` contributes."""
     torch.manual_seed(0)
     model = build(spec, output_stride=output_stride).to(device).eval()
     _check_size(model, spec, *size)
@@ -102,7 +102,7 @@ def run_inference(spec: str, *, size: Tuple[int, int], batch: int, dtypes: Seque
     if ablation:
         for label, kwargs in (("dense deploy fp32 NCHW", dict(channels_last=False)),
                               ("dense deploy fp32 unpacked", dict(pack_weights=False)),
-                              ("dense deploy fp32 winograd", dict(winograd=True))):
+                              ("dense deploy fp32 direct", dict(winograd=False))):
             variant = deploy(model, **kwargs)
             candidates[label] = lambda variant=variant: variant(x)
             comparable[label] = variant
@@ -275,8 +275,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         "checkpoint/channels_last/bf16")
     p.add_argument("--peers", default=",".join(PEERS), help="peers to compare with (inference mode)")
     p.add_argument("--ablation", action="store_true",
-                   help="also time deploy without channels_last, without packed weights, and with "
-                        "winograd=True (inference mode)")
+                   help="also time deploy without channels_last, without packed weights, and without "
+                        "Winograd (winograd=False; inference mode)")
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
