@@ -63,8 +63,8 @@ def deploy(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_la
         winograd: with ``pack_weights``, in fp32, run the 3x3 stride-1 convolutions with at least
             :data:`backbones.winograd.MIN_CHANNELS` input and output channels as Winograd F(4x4, 3x3): a quarter
             of the multiply-adds, at the price of ~1e-5 relative error per layer (instead of ~1e-6), weights held
-            a second time in the Winograd domain (4x their size) and reused per-thread scratch buffers (up to
-            ~100 MiB more peak memory at 512x1024). Its transforms are memory-bound: on this project's shared
+            a second time in the Winograd domain (4x their size) and reused per-thread scratch buffers (~20 MiB
+            more peak memory at 512x1024). Its transforms are memory-bound: on this project's shared
             2-core machine those layers ran 1.5-2x faster than direct while memory bandwidth was free, and
             0.97-1.7x while other tenants contended for it (see ``docs/performance.md``). ``False`` keeps every
             convolution on oneDNN's direct kernel (outputs closest to eager).

@@ -40,8 +40,10 @@ def test_aux_head_with_dilated_backbone_finds_layer3():
 
 
 def test_requested_strides_and_user_override():
-    assert build_segmentor(head="fpn", backbone="resnet18", num_classes=2).backbone.feature_info.strides == [4, 8, 16, 32]
-    assert build_segmentor(head="bisenet", backbone="resnet18", num_classes=2).backbone.feature_info.strides == [8, 16, 32]
+    fpn = build_segmentor(head="fpn", backbone="resnet18", num_classes=2)
+    assert fpn.backbone.feature_info.strides == [4, 8, 16, 32]
+    bisenet = build_segmentor(head="bisenet", backbone="resnet18", num_classes=2)
+    assert bisenet.backbone.feature_info.strides == [8, 16, 32]
     model = build_segmentor(head="fpn", backbone="resnet18", num_classes=2, out_strides=(8, 16, 32))
     assert model.backbone.feature_info.strides == [8, 16, 32]
     assert model.head.logits_stride == 8
