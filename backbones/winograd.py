@@ -4,7 +4,7 @@ Networks", CVPR 2016).
 A 3x3 stride-1 convolution computes each 4x4 output tile from a 6x6 input tile. Transformed into the Winograd
 domain, that takes 36 multiply-adds per (input, output) channel pair instead of 4 * 4 * 9 = 144: a quarter of
 the work of a direct convolution, which on this project's CPU already runs at the machine's matrix-product rate.
-Every step here is one large matrix product or one strided copy over all tiles at once:
+Every step here is one large matrix product or one strided copy over a whole chunk of tile rows at once:
 
     tiles  D (36, T*C)   <- copy of the zero-padded input's overlapping 6x6 tiles     (T tiles, C channels)
     V = (B^T (x) B^T) D   (36x36 @ 36xT*C)      input transform
