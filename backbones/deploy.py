@@ -89,7 +89,15 @@ def deploy(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_la
             raise TypeError(f"deploy {flag} must be a bool, got {value!r}")
     target = torch.device(device) if device is not None else _device_of(model)
     _check_dtype(dtype, target)
+    # Called under torch.inference_mode(), the copy's weights would be inference tensors, which have no version
+    # counter for PackedConv2d to notice in-place changes by; build them as ordinary tensors either way.
+    with torch.inference_mode(False):
+        return _deploy(model, dtype=dtype, channels_last=channels_last, target=target, pack_weights=pack_weights,
+                       winograd=winograd, example_input=example_input)
 
+
+def _deploy(model: nn.Module, *, dtype: Optional[torch.dtype], channels_last: bool, target: torch.device,
+            pack_weights: bool, winograd: bool, example_input: Any) -> nn.Module:
     deployed = copy.deepcopy(model).to(target)
     deployed.eval()
     deployed.requires_grad_(False)
@@ -106,6 +114,12 @@ def deploy(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_la
                 # Winograd in fp32 only: its ~1e-5 error is noise there, but bf16 has ~3 digits to lose.
                 m.winograd = winograd and m.weight.dtype == torch.float32 and winograd_eligible(m)
     return deployed
+
+
+def _version(weight: torch.Tensor) -> int:
+    """In-place change counter of ``weight``; inference tensors (weights loaded under ``torch.inference_mode``)
+    have none, so a change made to them in place is not noticed."""
+    return 0 if weight.is_inference() else weight._version
 
 
 def _check_dtype(dtype: Optional[torch.dtype], device: torch.device) -> None:
@@ -398,14 +412,14 @@ class PackedConv2d(nn.Conv2d):
     def _packed_forward(self, x: torch.Tensor) -> torch.Tensor:
         cache = _PACKED.setdefault(self, {})
         if self.winograd and x.dtype == torch.float32:
-            key = ("winograd", self.weight.data_ptr(), self.weight._version)
+            key = ("winograd", self.weight.data_ptr(), _version(self.weight))
             weight = cache.get(key)
             if weight is None:
                 cache.clear()
                 weight = cache[key] = transform_weight(self.weight)
             return winograd_conv3x3(x, weight, self.bias)
         x = x.contiguous(memory_format=torch.channels_last)
-        key = (tuple(x.shape), self.weight.data_ptr(), self.weight._version)
+        key = (tuple(x.shape), self.weight.data_ptr(), _version(self.weight))
         weight = cache.get(key)
         if weight is None:
             if len(cache) >= self.max_cached_shapes:

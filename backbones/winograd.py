@@ -104,7 +104,10 @@ class _Workspace(threading.local):
         buf = self.buffers.get(key)
         if buf is None or buf.numel() < numel:
             self.buffers.pop(key, None)  # free the smaller one first: peak memory is the new one only
-            buf = self.buffers[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
+            # An ordinary tensor even under torch.inference_mode(): an inference tensor could not be written
+            # in place by a later call made outside it (under torch.no_grad(), say).
+            with torch.inference_mode(False):
+                buf = self.buffers[key] = torch.empty(numel, dtype=like.dtype, device=like.device)
         return buf[:numel]
 
 

@@ -267,3 +267,24 @@ def test_packed_conv_follows_weight_changes_and_falls_back_for_autograd():
     assert x.grad is not None and x.grad.abs().sum() > 0
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert packed(x).dtype == torch.bfloat16  # autocast is honoured (ordinary path)
+
+
+def test_deploy_and_run_under_inference_mode_and_outside_it(randomize):
+    # Weights built under torch.inference_mode() are inference tensors: no version counter, no in-place writes
+    # outside that mode. Deploying there, and switching modes between calls, must still work.
+    model = randomize(build_backbone("resnet18", out_strides=(8, 16, 32)))
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        ref = model.eval()(x)
+    with torch.inference_mode():
+        fast = deploy(model)
+        inside = fast(x)
+        built_inside = build_backbone("resnet18", out_strides=(8, 16, 32))
+        built_inside.load_state_dict(model.state_dict())
+        assert built_inside.conv1.weight.is_inference()
+    with torch.no_grad():
+        outside = fast(x)  # reuses what the first call cached and allocated under inference mode
+        from_inference_weights = deploy(built_inside)(x)
+    for outs in (inside, outside, from_inference_weights):
+        assert all(rel_err(o, r) < 1e-4 for o, r in zip(outs, ref))
+    assert any(isinstance(m, PackedConv2d) and m.winograd for m in fast.modules())
