@@ -4,7 +4,7 @@ Networks", CVPR 2016).
 A 3x3 stride-1 convolution computes each 4x4 output tile from a 6x6 input tile. Transformed into the Winograd
 domain, that takes 36 multiply-adds per (input, output) channel pair instead of 4 * 4 * 9 = 144: a quarter of
 the work of a direct convolution, which on this project's CPU already runs at the machine's matrix-product rate.
-Every step here is one large matrix product or one strided copy over a whole chunk of tile rows at once:
+Every step here is one large matrix product or one strided copy over a whole chunk of tiles at once:
 
     tiles  D (36, T*C)   <- copy of the zero-padded input's overlapping 6x6 tiles     (T tiles, C channels)
     V = (B^T (x) B^T) D   (36x36 @ 36xT*C)      input transform
@@ -29,8 +29,8 @@ to 8 and 1/24) cost about one decimal digit, 1e-5 relative error in fp32 (bf16 w
 
 The intermediate buffers are reused from call to call (per thread, grown to the largest size seen, see
 :func:`release_workspace`), since allocating them fresh costs as much as the transforms themselves (page faults).
-They hold one chunk of tile rows: the zero-padded input rows it reads, and two buffers of at most
-:data:`CHUNK_BYTES` each for the transformed tiles and products.
+They hold one chunk of tiles (whole images, or rows of tiles of one image): the zero-padded input rows it
+reads, and two buffers of at most :data:`CHUNK_BYTES` each for the transformed tiles and products.
 """
 
 from __future__ import annotations
@@ -133,38 +133,44 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tens
 
     out = torch.empty((n, k, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     out_nhwc, x_nhwc = out.permute(0, 2, 3, 1), x.permute(0, 2, 3, 1)
-    # Rows of tiles are processed in chunks of at most CHUNK_BYTES of scratch, whatever the image size; each chunk
-    # gets its own zero-padded NHWC copy of the input rows it reads (4 per tile row plus 2 shared with neighbours).
+    # Tiles are processed in chunks of at most CHUNK_BYTES of scratch, whatever the input size: several whole
+    # images where they fit (small images in a batch would otherwise make many small matrix products), else rows
+    # of tiles of one image. Each chunk gets its own zero-padded NHWC copy of the input rows it reads (4 per tile
+    # row plus 2 shared with neighbours).
     chunk_tiles = CHUNK_BYTES // (SPAN * SPAN * max(c, k) * x.element_size())
-    rows = max(1, min(th, chunk_tiles // tw))
+    if th * tw <= chunk_tiles:
+        images, rows = min(n, chunk_tiles // (th * tw)), th
+    else:
+        images, rows = 1, max(1, chunk_tiles // tw)
     wp = TILE * tw + 2
-    for i in range(n):
+    for i0 in range(0, n, images):
+        i1 = min(n, i0 + images)
         for r0 in range(0, th, rows):
             r1 = min(th, r0 + rows)
             lo, hi = TILE * r0 - 1, TILE * r1 + 1  # input rows [lo, hi) of this chunk, -1 and >= h are padding
-            padded = _WORKSPACE.get("padded", (hi - lo) * wp * c, x).view(hi - lo, wp, c)
+            padded = _WORKSPACE.get("padded", (i1 - i0) * (hi - lo) * wp * c, x).view(i1 - i0, hi - lo, wp, c)
             top, bottom = max(lo, 0), min(hi, h)  # the rows that exist
-            padded[:top - lo].zero_()
-            padded[bottom - lo:].zero_()
-            padded[:, 0].zero_()
-            padded[:, w + 1:].zero_()
-            padded[top - lo:bottom - lo, 1:w + 1].copy_(x_nhwc[i, top:bottom])
-            _tile_rows(padded, out_nhwc[i, TILE * r0:TILE * r1], u, bias)
+            padded[:, :top - lo].zero_()
+            padded[:, bottom - lo:].zero_()
+            padded[:, :, 0].zero_()
+            padded[:, :, w + 1:].zero_()
+            padded[:, top - lo:bottom - lo, 1:w + 1].copy_(x_nhwc[i0:i1, top:bottom])
+            _tile_rows(padded, out_nhwc[i0:i1, TILE * r0:TILE * r1], u, bias)
     return out
 
 
 def _tile_rows(padded: torch.Tensor, out: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor]) -> None:
-    """Convolve the tile rows of ``padded (4 * rows + 2, 4 * tw + 2, C)`` into ``out (<= 4 * rows, W, K)``."""
-    rows, tw = (padded.shape[0] - 2) // TILE, (padded.shape[1] - 2) // TILE
-    c, k = padded.shape[2], u.shape[2]
-    tiles = rows * tw
+    """Convolve the tile rows of ``padded (G, 4 * rows + 2, 4 * tw + 2, C)`` into ``out (G, <= 4 * rows, W, K)``."""
+    g, rows, tw = padded.shape[0], (padded.shape[1] - 2) // TILE, (padded.shape[2] - 2) // TILE
+    c, k = padded.shape[3], u.shape[2]
+    tiles = g * rows * tw
     # Overlapping 6x6 tiles at stride 4, laid out (36, T*C) so that one matrix product transforms them all.
     # Two scratch buffers serve twice each: tiles then products, transformed tiles then outputs.
-    sh, sw, _ = padded.stride()
-    windows = padded.as_strided((SPAN, SPAN, rows, tw, c), (sh, sw, TILE * sh, TILE * sw, 1))
+    sn, sh, sw, _ = padded.stride()
+    windows = padded.as_strided((SPAN, SPAN, g, rows, tw, c), (sh, sw, sn, TILE * sh, TILE * sw, 1))
     first = _WORKSPACE.get("first", SPAN * SPAN * tiles * max(c, k), padded)
     second = _WORKSPACE.get("second", SPAN * SPAN * tiles * max(c, k), padded)
-    d = first[:SPAN * SPAN * tiles * c].view(SPAN, SPAN, rows, tw, c)
+    d = first[:SPAN * SPAN * tiles * c].view(SPAN, SPAN, g, rows, tw, c)
     d.copy_(windows)
     v = second[:SPAN * SPAN * tiles * c].view(SPAN * SPAN, tiles * c)
     torch.mm(_INPUT_T.to(padded.device), d.view(SPAN * SPAN, tiles * c), out=v)
@@ -174,12 +180,12 @@ def _tile_rows(padded: torch.Tensor, out: torch.Tensor, u: torch.Tensor, bias: O
     torch.mm(_OUTPUT_T.to(padded.device), m.view(SPAN * SPAN, tiles * k), out=y)
 
     # y[p, q] holds output pixel (4i + p, 4j + q) of tile (i, j): scatter the 16 offsets, adding the bias.
-    h, w = out.shape[:2]
-    y = y.view(TILE, TILE, rows, tw, k)
+    h, w = out.shape[1:3]
+    y = y.view(TILE, TILE, g, rows, tw, k)
     for p in range(TILE):
         for q in range(TILE):
-            src = y[p, q, :(h - p + TILE - 1) // TILE, :(w - q + TILE - 1) // TILE]
-            dst = out[p::TILE, q::TILE]
+            src = y[p, q, :, :(h - p + TILE - 1) // TILE, :(w - q + TILE - 1) // TILE]
+            dst = out[:, p::TILE, q::TILE]
             if bias is None:
                 dst.copy_(src)
             else:

@@ -40,12 +40,13 @@ def test_matches_conv2d(shape, out_channels, with_bias):
     assert rel_err(out, reference(x, weight, bias)) < 5e-5
 
 
-@pytest.mark.parametrize("chunk_bytes", [1, 36 * 8 * 4 * 20, 36 * 8 * 4 * 27])
+@pytest.mark.parametrize("chunk_bytes", [1, 36 * 8 * 4 * 20, 36 * 8 * 4 * 27, 36 * 8 * 4 * 45, 36 * 8 * 4 * 90])
 def test_chunks_of_tile_rows_match_conv2d(monkeypatch, chunk_bytes):
-    # 5 rows of 9 tiles per image: one row per chunk (the minimum), then rows 2+2+1, then 3+2.
+    # 5 rows of 9 tiles per image, 3 images: one row per chunk (the minimum), then rows 2+2+1, then 3+2, then one
+    # whole image per chunk, then images 2+1.
     monkeypatch.setattr(winograd_module, "CHUNK_BYTES", chunk_bytes)
     gen = torch.Generator().manual_seed(3)
-    x = torch.randn(2, 8, 19, 35, generator=gen)
+    x = torch.randn(3, 8, 19, 35, generator=gen)
     weight = torch.randn(8, 8, 3, 3, generator=gen)
     bias = torch.randn(8, generator=gen)
     assert rel_err(winograd_conv3x3(x, transform_weight(weight), bias), reference(x, weight, bias)) < 5e-5
