@@ -14,9 +14,9 @@ Every step here is one large matrix product or one strided copy over a whole chu
 It pays off where channels are wide (the transforms cost O(C + K) per pixel, the saving O(C * K)), and its
 transforms are memory-bound where the direct kernel is compute-bound, so the gain depends on free memory
 bandwidth. Measured per layer on a 2-core AVX-512 EPYC shared with other tenants (ResNet-18/34/50 and their FPN /
-DeepLabV3+ heads at 512x1024 and 4x512x512), against oneDNN's direct kernel with packed weights:
+DeepLabV3+ heads at 512x1024 and 4x512x512), speedup over oneDNN's direct kernel with packed weights:
 
-    channels   memory bandwidth free   contended (same layers, same buffers, a few seconds later)
+    channels   memory bandwidth free   contended (same layers and buffers, at another moment)
     512        1.15-2.2x               1.0-1.9x
     256        1.5-2.0x                0.97-1.7x
     128        1.2-1.35x               0.63-0.88x
