@@ -47,7 +47,8 @@ __all__ = ["MIN_CHANNELS", "is_eligible", "release_workspace", "transform_weight
 MIN_CHANNELS = 256
 
 TILE = 4  # output tile side (m)
-# Bytes of each of the two scratch buffers (tiles transformed at once: whole rows of tiles, at least one row).
+# Bytes of each of the two scratch buffers (tiles transformed at once: whole images, or whole rows of tiles of one
+# image, at least one row).
 # 8, 16 and 32 MiB ran ResNet-34 and resnet18+FPN at 512x1024 equally fast (interleaved in one process); 8 MiB is
 # 227 tiles at 256 channels. Much smaller chunks run many small matrix products.
 CHUNK_BYTES = 8 * 2 ** 20
