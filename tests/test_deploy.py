@@ -285,6 +285,11 @@ def test_deploy_and_run_under_inference_mode_and_outside_it(randomize):
     with torch.no_grad():
         outside = fast(x)  # reuses what the first call cached and allocated under inference mode
         from_inference_weights = deploy(built_inside)(x)
-    for outs in (inside, outside, from_inference_weights):
+    with torch.inference_mode():  # inference-tensor weights assigned into an already deployed model
+        assigned = deploy(model)
+        assigned.load_state_dict({k: v.clone() for k, v in assigned.state_dict().items()}, assign=True)
+        assert assigned.conv1.weight.is_inference()
+        into_deployed = assigned(x)
+    for outs in (inside, outside, from_inference_weights, into_deployed):
         assert all(rel_err(o, r) < 1e-4 for o, r in zip(outs, ref))
     assert any(isinstance(m, PackedConv2d) and m.winograd for m in fast.modules())
