@@ -45,6 +45,24 @@ def test_failed_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 1
 
 
+def test_full_disk_names_the_checkpoint_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path / "last.pt", {"model": {"w": torch.ones(3)}, "config": {}, "iteration": 1})
+    before = (tmp_path / "last.pt").read_bytes()
+
+    def full_disk_save(obj, f, *args, **kwargs):
+        f.write(b"the first few blocks")
+        # what torch.save raises when the disk fills up
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . PytorchStreamWriter failed writing file "
+                           "data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full_disk_save)
+    with pytest.raises(OSError, match=r"could not write checkpoint '.*last\.pt' \(\d+ MiB free on its disk\): "
+                                      r"RuntimeError: .*file write failed\. The previous checkpoint"):
+        save_checkpoint(tmp_path / "last.pt", {"model": {"w": torch.zeros(3)}, "config": {}, "iteration": 2})
+    assert (tmp_path / "last.pt").read_bytes() == before
+    assert os.listdir(tmp_path) == ["last.pt"]
+
+
 class NotATensor:
     pass
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Union
 
@@ -37,6 +38,11 @@ def save_checkpoint(path: PathLike, state: Mapping[str, Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        # torch reports a full disk as RuntimeError("PytorchStreamWriter failed writing file data/0: file write
+        # failed"), which names neither the checkpoint nor the cause.
+        raise OSError(f"could not write checkpoint {str(path)!r} ({_free_mib(path.parent)} free on its disk): "
+                      f"{type(e).__name__}: {e}. The previous checkpoint there, if any, is unchanged.") from e
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -48,6 +54,13 @@ def save_checkpoint(path: PathLike, state: Mapping[str, Any]) -> None:
             os.close(fd)
     except OSError:
         pass
+
+
+def _free_mib(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB"
+    except OSError:
+        return "unknown space"
 
 
 def load_checkpoint(path: PathLike) -> Dict[str, Any]:
