@@ -11,8 +11,9 @@ import os
 import pickle
 import re
 import urllib.error
+import warnings
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Union
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -127,11 +128,15 @@ def _flatten(obj: object, where: str) -> Dict[str, torch.Tensor]:
     return sd
 
 
-def _adapt_to_model(sd: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
-    """Drop what a backbone legitimately lacks: the classifier, stages it does not build, BN counters."""
+def _adapt_to_model(sd: Dict[str, torch.Tensor], model: nn.Module) -> Tuple[Dict[str, torch.Tensor], List[str]]:
+    """Drop what a backbone legitimately lacks: the classifier, stages it does not build, BN statistics.
+
+    Returns the state dict to load and the layers whose running mean/variance the model has no place for (a
+    GroupNorm model fed BatchNorm weights); frozen BN keeps them, so only its step counter is dropped.
+    """
     target = model.state_dict()
     built = {k.split(".")[0] for k in target}
-    out = {}
+    out, unused_stats = {}, []
     for k, v in sd.items():
         top = k.split(".")[0]
         if top == "fc":
@@ -139,9 +144,11 @@ def _adapt_to_model(sd: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, 
         if re.fullmatch(r"layer[1-4]", top) and top not in built:
             continue  # stage deeper than the requested outputs: intentionally not built
         if k not in target and k.rsplit(".", 1)[-1] in ("num_batches_tracked", "running_mean", "running_var"):
+            if k.endswith(".running_mean"):
+                unused_stats.append(k[:-len(".running_mean")])
             continue  # statistics a frozen or group norm does not keep
         out[k] = v
-    return out
+    return out, unused_stats
 
 
 def state_dict_mismatches(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, limit: int = 8
@@ -184,7 +191,7 @@ def load_pretrained(model: nn.Module, source: Union[bool, str, os.PathLike], *, 
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"pretrained must be True, 'imagenet', a path or a URL, got {source!r}")
     path = resolve_weights(source, progress=progress)
-    sd = _adapt_to_model(load_state_dict_file(path), model)
+    sd, unused_stats = _adapt_to_model(load_state_dict_file(path), model)
     problems = state_dict_mismatches(model, sd)
     if problems:
         raise ValueError(
@@ -192,4 +199,12 @@ def load_pretrained(model: nn.Module, source: Union[bool, str, os.PathLike], *, 
             f"{f' ({arch})' if arch else ''}; expected a torchvision/timm ResNet state dict. {problems}"
         )
     model.load_state_dict(sd, strict=True)
+    if unused_stats:
+        # Loading BN weights into GN is a common initialisation (mmdet/mmseg do it with a log line), but the
+        # layers then normalise with different statistics than the ones the weights were trained with.
+        warnings.warn(
+            f"checkpoint {str(path)!r} holds BatchNorm running statistics for {len(unused_stats)} layers "
+            f"({', '.join(unused_stats[:3])}{', ...' if len(unused_stats) > 3 else ''}) that this model's "
+            f"normalisation does not keep; only their affine weight and bias were loaded. Use weights trained "
+            f"with the same norm layer for outputs that match the checkpoint's.", UserWarning, stacklevel=2)
     return model

@@ -25,7 +25,8 @@ __all__ = ["TimmBackbone", "TorchvisionResNet", "timm_backbone", "torchvision_ba
 
 def _check_strides(out_strides: Sequence[int], available: Sequence[int], what: str) -> Tuple[int, ...]:
     if isinstance(out_strides, int) or not isinstance(out_strides, Sequence) or not out_strides:
-        raise TypeError(f"out_strides must be a non-empty sequence of ints from {tuple(available)}, got {out_strides!r}")
+        raise TypeError(
+            f"out_strides must be a non-empty sequence of ints from {tuple(available)}, got {out_strides!r}")
     strides = tuple(out_strides)
     bad = [s for s in strides if s not in available]
     if bad:

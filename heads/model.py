@@ -113,7 +113,8 @@ def build_segmentor(*, head: str = "deeplabv3plus", backbone: Union[str, Backbon
         if output_stride is not None or backbone_kwargs:
             raise TypeError(
                 "output_stride and backbone keyword arguments apply only when backbone is a name; got a built "
-                f"{type(backbone).__name__} and {sorted(backbone_kwargs) + (['output_stride'] if output_stride else [])}"
+                f"{type(backbone).__name__} and "
+                f"{sorted(backbone_kwargs) + (['output_stride'] if output_stride else [])}"
             )
         bb = backbone
     else:

@@ -202,3 +202,20 @@ def test_url_download_into_cache_checks_hash(hub_dir, tv_checkpoint, tmp_path):
 def test_no_default_weights_for_unknown_arch():
     with pytest.raises(ValueError, match=r"no default weights for 'resnet9'.*resnet18"):
         load_pretrained(resnet18(), True, arch="resnet9")
+
+
+def test_bn_weights_into_group_norm_load_the_affine_part_and_warn(tv_checkpoint):
+    import warnings
+
+    tv, path = tv_checkpoint("resnet18")
+    with pytest.warns(UserWarning, match=r"BatchNorm running statistics for 20 layers \(bn1, layer1\.0\.bn1, "
+                                         r"layer1\.0\.bn2, \.\.\.\).*only their affine weight and bias"):
+        model = resnet18(norm="gn", pretrained=path)
+    tv_sd = tv.state_dict()
+    for k, v in model.state_dict().items():  # every parameter of the GN model came from the checkpoint
+        assert torch.equal(v, tv_sd[k]), k
+    # BN and frozen BN keep the statistics: nothing to warn about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        resnet18(norm="bn", pretrained=path)
+        resnet18(norm="frozen_bn", pretrained=path)
