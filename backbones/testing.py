@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .base import FeatureInfo
+from .weights import short_names
 
 __all__ = ["BackboneConformanceError", "check_backbone"]
 
@@ -180,14 +181,10 @@ def _check_gradients(backbone: nn.Module, info: FeatureInfo, size: Size, device:
     if missing:
         problems.append(f"{len(missing)} trainable parameter(s) got no gradient (unused in forward, which also "
                         f"breaks DDP; freeze them with requires_grad_(False) or do not build them): "
-                        + _short(missing))
+                        + short_names(missing))
     if bad:
-        problems.append(f"{len(bad)} parameter(s) got NaN/inf gradients: " + _short(bad))
+        problems.append(f"{len(bad)} parameter(s) got NaN/inf gradients: " + short_names(bad))
     return problems
-
-
-def _short(names: List[str], limit: int = 8) -> str:
-    return ", ".join(names[:limit]) + (f" ... (+{len(names) - limit} more)" if len(names) > limit else "")
 
 
 class _Snapshot:

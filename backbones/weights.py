@@ -13,7 +13,7 @@ import re
 import urllib.error
 import warnings
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -151,6 +151,11 @@ def _adapt_to_model(sd: Dict[str, torch.Tensor], model: nn.Module) -> Tuple[Dict
     return out, unused_stats
 
 
+def short_names(names: Sequence[str], limit: int = 8) -> str:
+    """``"a, b ... (+3 more)"``: the first ``limit`` names, for error messages about many keys or layers."""
+    return ", ".join(names[:limit]) + (f" ... (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
 def state_dict_mismatches(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, limit: int = 8
                           ) -> Optional[str]:
     """Missing keys, unexpected keys and shape mismatches of ``state_dict`` against ``model``, in one line.
@@ -167,8 +172,7 @@ def state_dict_mismatches(model: nn.Module, state_dict: Mapping[str, torch.Tenso
     for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
                          ("shape mismatches", mismatched)):
         if items:
-            more = f" ... (+{len(items) - limit} more)" if len(items) > limit else ""
-            parts.append(f"{len(items)} {label}: {', '.join(items[:limit])}{more}")
+            parts.append(f"{len(items)} {label}: {short_names(items, limit)}")
     return "; ".join(parts) or None
 
 
@@ -204,7 +208,7 @@ def load_pretrained(model: nn.Module, source: Union[bool, str, os.PathLike], *, 
         # layers then normalise with different statistics than the ones the weights were trained with.
         warnings.warn(
             f"checkpoint {str(path)!r} holds BatchNorm running statistics for {len(unused_stats)} layers "
-            f"({', '.join(unused_stats[:3])}{', ...' if len(unused_stats) > 3 else ''}) that this model's "
+            f"({short_names(unused_stats, 3)}) that this model's "
             f"normalisation does not keep; only their affine weight and bias were loaded. Use weights trained "
             f"with the same norm layer for outputs that match the checkpoint's.", UserWarning, stacklevel=2)
     return model

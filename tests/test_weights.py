@@ -209,7 +209,7 @@ def test_bn_weights_into_group_norm_load_the_affine_part_and_warn(tv_checkpoint)
 
     tv, path = tv_checkpoint("resnet18")
     with pytest.warns(UserWarning, match=r"BatchNorm running statistics for 20 layers \(bn1, layer1\.0\.bn1, "
-                                         r"layer1\.0\.bn2, \.\.\.\).*only their affine weight and bias"):
+                                         r"layer1\.0\.bn2 \.\.\. \(\+17 more\)\).*only their affine weight and bias"):
         model = resnet18(norm="gn", pretrained=path)
     tv_sd = tv.state_dict()
     for k, v in model.state_dict().items():  # every parameter of the GN model came from the checkpoint
