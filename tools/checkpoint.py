@@ -41,7 +41,7 @@ def save_checkpoint(path: PathLike, state: Mapping[str, Any]) -> None:
     except (OSError, RuntimeError) as e:
         # torch reports a full disk as RuntimeError("PytorchStreamWriter failed writing file data/0: file write
         # failed"), which names neither the checkpoint nor the cause.
-        raise OSError(f"could not write checkpoint {str(path)!r} ({_free_mib(path.parent)} free on its disk): "
+        raise OSError(f"could not write checkpoint {str(path)!r} ({_free_space(path.parent)} free on its disk): "
                       f"{type(e).__name__}: {e}. The previous checkpoint there, if any, is unchanged.") from e
     finally:
         if tmp.exists():
@@ -56,7 +56,7 @@ def save_checkpoint(path: PathLike, state: Mapping[str, Any]) -> None:
         pass
 
 
-def _free_mib(folder: Path) -> str:
+def _free_space(folder: Path) -> str:
     try:
         return f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB"
     except OSError:
