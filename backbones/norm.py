@@ -60,7 +60,7 @@ class FrozenBatchNorm2d(nn.Module):
         return f"{self.num_features}, eps={self.eps}"
 
 
-# Norm modules whose parameters take no weight decay by default and which folding/freezing recognise.
+# Norm modules, recognised by type: param_groups() exempts their parameters from weight decay by default.
 NORM_TYPES = (
     nn.modules.batchnorm._BatchNorm,
     nn.GroupNorm,

@@ -15,6 +15,7 @@ from torch import nn
 from .base import Backbone, FeatureInfo, FeatureSpec
 from .norm import get_norm_layer
 from .registry import check_kwargs, register_backbone
+from .weights import load_pretrained
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
@@ -356,8 +357,6 @@ def build_resnet(arch: str, *, pretrained: Union[bool, str, None] = None, **kwar
             checkpoint (``.pth``, ``.pt``, ``.safetensors``).
         **kwargs: keyword arguments of :class:`ResNet` (``out_strides``, ``output_stride``, ``norm``, ...).
     """
-    from .weights import load_pretrained  # local import: weights pulls in hub/safetensors only when needed
-
     check_kwargs(ResNet.__init__, kwargs, what=f"backbone {arch!r}", keyword_only=True, extra=("pretrained",))
     block, layers = ARCHS[arch]
     model = ResNet(block, layers, **kwargs)

@@ -3,32 +3,21 @@ Networks", CVPR 2016).
 
 A 3x3 stride-1 convolution computes each 4x4 output tile from a 6x6 input tile. Transformed into the Winograd
 domain, that takes 36 multiply-adds per (input, output) channel pair instead of 4 * 4 * 9 = 144: a quarter of
-the work of a direct convolution, which on this project's CPU already runs at the machine's matrix-product rate.
-Every step here is one large matrix product or one strided copy over a whole chunk of tiles at once:
+the work of a direct convolution. Every step here is one large matrix product or one strided copy over a whole
+chunk of tiles at once:
 
     tiles  D (36, T*C)   <- copy of the zero-padded input's overlapping 6x6 tiles     (T tiles, C channels)
     V = (B^T (x) B^T) D   (36x36 @ 36xT*C)      input transform
     M = V[a] @ U[a]       (36 batched Tx C @ C x K)   the channel mixing, 4x fewer multiply-adds
     Y = (A^T (x) A^T) M   (16x36 @ 36xT*K)      output transform, then bias and scatter to NHWC
 
-It pays off where channels are wide (the transforms cost O(C + K) per pixel, the saving O(C * K)), and its
+It pays off where channels are wide (the transforms cost O(C + K) per pixel, the saving O(C * K)); its
 transforms are memory-bound where the direct kernel is compute-bound, so the gain depends on free memory
-bandwidth. Measured per layer on a 2-core AVX-512 EPYC shared with other tenants (ResNet-18/34/50 and their FPN /
-DeepLabV3+ heads at 512x1024 and 4x512x512), speedup over oneDNN's direct kernel with packed weights:
-
-    channels   memory bandwidth free   contended (same layers and buffers, at another moment)
-    512        1.15-2.2x               1.0-1.9x
-    256        1.5-2.0x                0.97-1.7x
-    128        1.2-1.35x               0.63-0.88x
-
-The contended rate comes and goes within one process with the same scratch buffers at the same addresses, and
-only the memory-bound steps (the window copy and both transforms) slow down, 2-4x, while direct convolutions in
-the same forward keep their rate; it is the machine, not this code. Hence :data:`MIN_CHANNELS` = 256, where
-Winograd wins on an idle machine and breaks even on a contended one. fp32 only: the transforms' constants (up
-to 8 and 1/24) cost about one decimal digit, 1e-5 relative error in fp32 (bf16 would lose most of its 3 digits).
+bandwidth (measurements in ``docs/performance.md``). fp32 only: the transforms' constants (up to 8 and 1/24)
+cost about one decimal digit, 1e-5 relative error in fp32 (bf16 would lose most of its 3 digits).
 
 The intermediate buffers are reused from call to call (per thread, grown to the largest size seen, see
-:func:`release_workspace`), since allocating them fresh costs as much as the transforms themselves (page faults).
+:func:`release_workspace`), since fresh ones would be zero-filled by the kernel, page by page, on every call.
 They hold one chunk of tiles (whole images, or rows of tiles of one image): the zero-padded input rows it
 reads, and two buffers of at most :data:`CHUNK_BYTES` each for the transformed tiles and products.
 """
@@ -43,14 +32,13 @@ from torch import nn
 
 __all__ = ["MIN_CHANNELS", "is_eligible", "release_workspace", "transform_weight", "winograd_conv3x3"]
 
-# Below this many input or output channels the transforms can cost more than the saved multiply-adds (see above).
+# Below this many input or output channels the memory-bound transforms can cost more than the saved
+# multiply-adds when memory bandwidth is contended (see docs/performance.md).
 MIN_CHANNELS = 256
 
 TILE = 4  # output tile side (m)
 # Bytes of each of the two scratch buffers (tiles transformed at once: whole images, or whole rows of tiles of one
-# image, at least one row).
-# 8, 16 and 32 MiB ran ResNet-34 and resnet18+FPN at 512x1024 equally fast (interleaved in one process); 8 MiB is
-# 227 tiles at 256 channels. Much smaller chunks run many small matrix products.
+# image, at least one row). Much smaller chunks run many small matrix products; larger ones only cost memory.
 CHUNK_BYTES = 8 * 2 ** 20
 SPAN = TILE + 2  # input tile side (m + r - 1) for a 3x3 kernel
 

@@ -109,7 +109,8 @@ def _timm_nominal_info(timm: Any, name: str, kwargs: Dict[str, Any]) -> Tuple[Li
 
 
 def timm_backbone(name: str, *, out_strides: Sequence[int] = (8, 16, 32), output_stride: int = 32,
-                  pretrained: bool = False, norm: str = "bn", in_chans: int = 3, **timm_kwargs: Any) -> TimmBackbone:
+                  pretrained: bool = False, norm: str = "bn", frozen_stages: int = -1, in_chans: int = 3,
+                  **timm_kwargs: Any) -> TimmBackbone:
     """Wrap timm model ``name`` (any model supporting ``features_only``) as a backbone.
 
     Args:
@@ -118,6 +119,8 @@ def timm_backbone(name: str, *, out_strides: Sequence[int] = (8, 16, 32), output
         output_stride: 8, 16 or 32, passed to timm (which dilates later stages) when below 32.
         pretrained: load timm's pretrained weights (downloads; off by default).
         norm: ``"bn"`` (the model's own) or ``"frozen_bn"`` (every BatchNorm converted to FrozenBatchNorm2d).
+        frozen_stages: only -1 (nothing frozen): timm models name their stages differently per family;
+            accepted so that callers can pass every backbone the same options.
         in_chans: number of input channels.
         **timm_kwargs: passed to ``timm.create_model`` (e.g. ``drop_path_rate``).
 
@@ -135,6 +138,9 @@ def timm_backbone(name: str, *, out_strides: Sequence[int] = (8, 16, 32), output
     _check_output_stride(output_stride)
     if norm not in ("bn", "frozen_bn"):
         raise ValueError(f"timm backbones accept norm 'bn' or 'frozen_bn', got {norm!r}")
+    if frozen_stages != -1:
+        raise ValueError(f"timm backbones accept only frozen_stages=-1 (nothing frozen), got {frozen_stages!r}; "
+                         f"freeze parameters with requires_grad_(False) instead")
     for reserved in ("features_only", "out_indices"):
         if reserved in timm_kwargs:
             raise TypeError(f"{reserved!r} is set by the wrapper from out_strides; do not pass it")

@@ -4,7 +4,7 @@ Examples::
 
     python -m tools.eval_seg --checkpoint runs/<name>/best.pt                  # the run's own validation split
     python -m tools.eval_seg --checkpoint best.pt --dataset cityscapes --root data/cityscapes \\
-        --mode slide --crop-size 512 1024 --stride 341 682 --scales 0.75 1.0 1.25 --flip
+        --mode slide --crop-size 512,1024 --stride 341,682 --scales 0.75,1.0,1.25 --flip
 
 The model is rebuilt from the config stored in the checkpoint; the dataset defaults to the run's own
 (dataset, root, validation split, data options), and any of them can be replaced by a flag.
@@ -16,25 +16,20 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Optional
 
-import torch
-from torch import nn
+from .data import build_dataset, list_datasets
+from .data.loaders import build_eval_loader
+from .data.transforms import eval_transform
+from .engine import distributed as dist_utils
+from .engine.cli import run_cli
+from .engine.config import yaml_mapping
+from .engine.inference import add_inference_args, evaluate, inference_options
+from .engine.metrics import format_table
+from .engine.model import describe_model, model_from_checkpoint
+from .engine.precision import check_amp
 
-from . import distributed as dist_utils
-from .cli import run_cli
-from .checkpoint import check_model_state, load_checkpoint
-from .config import yaml_mapping
-from .data import build_eval_loader
-from .datasets import build_dataset, list_datasets
-from .inference import MODES, evaluate
-from .metrics import format_table
-from .model import build_model, describe_model
-from .precision import AMP_MODES, check_amp
-from .transforms import eval_transform
-
-__all__ = ["build_parser", "load_model", "run", "main"]
-
+__all__ = ["build_parser", "run", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,50 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def add_inference_args(p: argparse.ArgumentParser) -> None:
-    """The inference flags shared with ``tools.predict``."""
-    p.add_argument("--mode", default="whole", choices=MODES, help="whole image, or sliding window")
-    p.add_argument("--crop-size", type=int, nargs="+", help="sliding window: S or H W; unset: the training crop")
-    p.add_argument("--stride", type=int, nargs="+", help="sliding window step: S or H W; unset: 2/3 of the crop")
-    p.add_argument("--scales", type=float, nargs="+", default=[1.0], help="e.g. 0.75 1.0 1.25")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=False, help="also score mirrored")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--amp", default="none", choices=AMP_MODES)
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False)
-
-
-def _pair(values: Optional[List[int]], what: str) -> Optional[Tuple[int, int]]:
-    if values is None:
-        return None
-    if len(values) not in (1, 2) or min(values) < 1:
-        raise ValueError(f"--{what} takes one or two positive ints (H W), got {values}")
-    return (values[0], values[-1])
-
-
-def inference_options(args: Mapping[str, Any], config: Mapping[str, Any]) -> Dict[str, Any]:
-    """Keyword arguments of :func:`tools.inference.predict_probs` from the parsed inference flags."""
-    crop = _pair(args.get("crop_size"), "crop-size")
-    stride = _pair(args.get("stride"), "stride")
-    if args["mode"] == "slide":
-        crop = crop or _pair(list(config.get("crop_size") or [512]), "crop-size")
-        stride = stride or (max(1, crop[0] * 2 // 3), max(1, crop[1] * 2 // 3))
-    return {"mode": args["mode"], "crop_size": crop, "stride": stride, "scales": tuple(args["scales"]),
-            "flip": args["flip"], "amp": args["amp"], "channels_last": args["channels_last"]}
-
-
-def load_model(path: str, device: torch.device) -> Tuple[nn.Module, Dict[str, Any]]:
-    """The eval-mode model stored in checkpoint ``path`` and the checkpoint itself (config, classes...)."""
-    checkpoint = load_checkpoint(path)
-    config = checkpoint["config"]
-    classes = list(checkpoint.get("classes") or [])
-    if not classes:
-        raise ValueError(f"checkpoint {path!r} records no class names")
-    model = build_model(config, len(classes))
-    check_model_state(model, checkpoint["model"], where=f"{path!r} ({describe_model(config, len(classes))})")
-    model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval(), checkpoint
-
-
 def run(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     """Evaluate as ``argv`` says and return ``{"miou", "pixel_accuracy", "iou": {class: IoU}}``."""
     args = vars(build_parser().parse_args(argv))
@@ -106,7 +57,7 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     info = dist_utils.init_distributed(args["device"])
     try:
         check_amp(args["amp"], info.device)
-        model, checkpoint = load_model(args["checkpoint"], info.device)
+        model, checkpoint = model_from_checkpoint(args["checkpoint"], device=info.device)
         config, classes = checkpoint["config"], list(checkpoint["classes"])
         dataset_name = args["dataset"] or config["dataset"]
         same_dataset = dataset_name == config["dataset"]

@@ -17,72 +17,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
-import torch
-from torch import nn
+from .bench.profiling import DTYPES, ModelCost, model_cost, parse_size
+from .bench.report import format_cost
+from .engine.cli import add_list_argument, run_cli
+from .engine.model import build_named_model
 
-from backbones import build_backbone
-
-from .profiling import ModelCost, model_cost, parse_size
-
-__all__ = ["build_model", "format_cost", "main"]
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-MIB = 2 ** 20
-
-
-def build_model(name: str, *, output_stride: int, head: Optional[str] = None, num_classes: int = 19,
-                out_strides: Optional[Sequence[int]] = None) -> nn.Module:
-    """The backbone ``name`` at ``output_stride``, or the segmentation model ``name`` + ``head``."""
-    kwargs: Dict[str, Any] = {"output_stride": output_stride}
-    if out_strides is not None:
-        kwargs["out_strides"] = tuple(out_strides)
-    if head is None:
-        return build_backbone(name, **kwargs)
-    from heads import build_segmentor
-
-    return build_segmentor(head=head, backbone=name, num_classes=num_classes, **kwargs)
-
-
-def format_cost(cost: ModelCost, *, title: str) -> str:
-    """A text table of ``cost``: one line per stage and a total line."""
-    header = ("stage", "output shape", "stride", "dil", "params M", "GMAC", "GFLOP", "out MiB", "train MiB")
-    lines = [title]
-    rows = []
-    for s in cost.stages:
-        stride = "-" if s.stride is None else (f"{s.stride:g}" if s.stride == int(s.stride) else f"{s.stride:.2f}")
-        rows.append((s.name, "x".join(map(str, s.out_shape)) or "-", stride, str(s.dilation),
-                     f"{s.params / 1e6:.2f}", f"{s.macs / 1e9:.2f}", f"{2 * s.macs / 1e9:.2f}",
-                     f"{s.out_bytes / MIB:.1f}", f"{s.saved_bytes / MIB:.1f}"))
-    total_macs = cost.total("macs")
-    rows.append(("total", "", "", "", f"{cost.total('params') / 1e6:.2f}", f"{total_macs / 1e9:.2f}",
-                 f"{2 * total_macs / 1e9:.2f}", "", f"{cost.total('saved_bytes') / MIB:.1f}"))
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-    fmt = lambda r: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-    lines += [fmt(header), fmt(tuple("-" * w for w in widths))] + [fmt(r) for r in rows[:-1]]
-    lines += [fmt(tuple("-" * w for w in widths)), fmt(rows[-1])]
-    conv = cost.total("conv_macs")
-    lines.append(f"GMAC = convolutions and linear layers ({conv / 1e9:.2f}) + normalization at 2 MAC per element "
-                 f"({cost.total('norm_macs') / 1e9:.3f}); deploy() folds the normalization away. "
-                 f"train MiB = tensors autograd saves for backward (no activation checkpointing).")
-    return "\n".join(lines)
-
-
-def _int_list(text: str) -> List[int]:
-    try:
-        return [int(v) for v in text.split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+__all__ = ["parse_args", "run", "main"]
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tools.inspect", description=__doc__.split("\n\n")[0])
     p.add_argument("model", help="registered backbone name, e.g. resnet50")
-    p.add_argument("--output-stride", type=_int_list, default=[32], help="8, 16 or 32; a list compares them")
+    add_list_argument(p, "--output-stride", kind=int, default=[32], choices=(8, 16, 32),
+                      help="8, 16 or 32; a list (8,16,32) compares them")
     p.add_argument("--size", default="512x1024", help="input HxW (default 512x1024)")
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--out-strides", type=_int_list, default=None, help="backbone out_strides, e.g. 4,8,16,32")
+    add_list_argument(p, "--out-strides", kind=int, default=None, help="backbone out_strides, e.g. 4,8,16,32")
     p.add_argument("--head", default=None, help="add a segmentation head (fcn, deeplabv3, deeplabv3plus, fpn...)")
     p.add_argument("--num-classes", type=int, default=19)
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="element type for the memory columns")
@@ -90,25 +42,18 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def run(argv: Optional[List[str]] = None) -> int:
+    """Print (and optionally save) the cost tables; returns the exit status."""
     args = parse_args(argv)
-    try:
-        height, width = parse_size(args.size)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    height, width = parse_size(args.size)
     if args.batch < 1:
-        print(f"error: --batch must be >= 1, got {args.batch}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
     report = []
     costs: Dict[int, ModelCost] = {}
     for os_ in args.output_stride:
-        try:
-            model = build_model(args.model, output_stride=os_, head=args.head, num_classes=args.num_classes,
-                                out_strides=args.out_strides)
-        except (ValueError, TypeError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        name = f"{args.model}+{args.head}" if args.head else args.model
+        model = build_named_model(name, output_stride=os_, num_classes=args.num_classes,
+                                  out_strides=args.out_strides)
         in_chans = getattr(model, "in_chans", None) or getattr(getattr(model, "backbone", None), "in_chans", 3)
         cost = model_cost(model, (args.batch, in_chans, height, width), dtype=DTYPES[args.dtype])
         costs[os_] = cost
@@ -131,6 +76,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
     return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Command-line entry point (``dense-inspect``)."""
+    return run_cli(run, argv)
 
 
 if __name__ == "__main__":

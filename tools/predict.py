@@ -20,17 +20,16 @@ import cv2
 import numpy as np
 import torch
 
-from .cli import run_cli
-from .datasets.io import IMAGE_EXTENSIONS, list_images, read_image
-from .distributed import resolve_device
-from .eval_seg import add_inference_args, inference_options, load_model
-from .inference import predict_probs
-from .precision import check_amp
-from .transforms import normalize
-from .visualize import add_legend, overlay, save_png
+from .data.io import IMAGE_EXTENSIONS, list_images, read_image
+from .data.transforms import normalize
+from .engine.cli import run_cli
+from .engine.distributed import resolve_device
+from .engine.inference import add_inference_args, inference_options, predict_probs
+from .engine.model import model_from_checkpoint
+from .engine.precision import check_amp
+from .engine.visualize import add_legend, overlay, save_png
 
 __all__ = ["build_parser", "run", "main"]
-
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +69,7 @@ def run(argv: Optional[List[str]] = None) -> List[Path]:
     device = resolve_device(args["device"])
     check_amp(args["amp"], device)
     inputs = _expand(args["images"])
-    model, checkpoint = load_model(args["checkpoint"], device)
+    model, checkpoint = model_from_checkpoint(args["checkpoint"], device=device)
     classes, palette = list(checkpoint["classes"]), checkpoint.get("palette")
     options = inference_options(args, checkpoint["config"])
     out_dir = Path(args["output"]) if args["output"] else Path(args["checkpoint"]).parent / "predictions"

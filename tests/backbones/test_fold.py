@@ -1,0 +1,95 @@
+"""fold_batchnorm(): folding follows the data flow, so only a norm that reads nothing but a plain convolution's
+output is folded, and the folded names are reported."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from backbones import build_backbone, deploy
+from backbones.fold import fold_batchnorm
+from tests.backbones.helpers import batchnorms, rel_err
+
+
+def test_model_in_training_mode_is_refused():
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(build_backbone("resnet18"))
+
+
+class ConvUsedTwice(nn.Module):
+    """The conv output feeds the norm *and* the sum: folding would change the sum, so it must not happen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.bn(y) + y
+
+
+class ConvOutputReturned(ConvUsedTwice):
+    def forward(self, x):
+        y = self.conv(x)
+        return [self.bn(y), y]
+
+
+class NormBeforeConv(nn.Module):
+    """Registration order says conv -> bn, data flow says bn -> conv: nothing to fold."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(3)
+
+    def forward(self, x):
+        return self.conv(self.bn(x))
+
+
+class SharedConv(nn.Module):
+    """One conv feeding two different norms: folding either would corrupt the other branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn1, self.bn2 = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn1(self.conv(x)) + self.bn2(self.conv(x * 2))
+
+
+class StandardizedConv(nn.Conv2d):
+    """A conv whose forward rescales the weight: folding a scale into it would be undone."""
+
+    def forward(self, x):
+        w = self.weight
+        w = (w - w.mean((1, 2, 3), keepdim=True)) / (w.std((1, 2, 3), keepdim=True) + 1e-5)
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+@pytest.mark.parametrize("cls, kept", [(ConvUsedTwice, ["bn"]), (ConvOutputReturned, ["bn"]),
+                                        (NormBeforeConv, ["bn"]), (SharedConv, ["bn1", "bn2"])])
+def test_unsafe_pairs_are_not_folded(cls, kept, randomize):
+    model = randomize(cls()).eval()
+    x = torch.randn(2, 3, 16, 16)
+    fast = deploy(model)
+    assert batchnorms(fast) == kept
+    with torch.no_grad():
+        ref, out = model(x), fast(x)
+    for o, r in zip(out if isinstance(out, list) else [out], ref if isinstance(ref, list) else [ref]):
+        assert rel_err(o, r) < 1e-5
+
+
+def test_conv_subclass_with_own_forward_is_not_folded(randomize):
+    model = randomize(nn.Sequential(StandardizedConv(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 1),
+                                    nn.BatchNorm2d(4))).eval()
+    fast = deploy(model)
+    assert batchnorms(fast) == ["1"]  # the second pair (a plain conv) is folded
+    x = torch.randn(1, 3, 16, 16)
+    with torch.no_grad():
+        assert rel_err(fast(x), model(x)) < 1e-5
+
+
+def test_fold_batchnorm_reports_folded_names(randomize):
+    model = randomize(build_backbone("resnet18", out_strides=(4,))).eval()
+    folded = fold_batchnorm(model)
+    assert folded == sorted(["bn1", "layer1.0.bn1", "layer1.0.bn2", "layer1.1.bn1", "layer1.1.bn2"])
+    assert isinstance(model.bn1, nn.Identity)

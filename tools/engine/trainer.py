@@ -1,0 +1,447 @@
+"""The segmentation training loop as named steps: :func:`setup` builds a :class:`RunState`, then
+:func:`train_step`, :func:`log_step`, :func:`evaluate_and_save` and :func:`finish` (torchvision's
+``train_one_epoch``/``evaluate`` and detectron2's ``run_step`` shape). :func:`train` runs them in order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from backbones import param_groups
+
+from ..data import SegmentationDataset, build_dataset
+from ..data.loaders import SeededShardSampler, build_eval_loader, build_train_loader
+from ..data.transforms import eval_transform, normalize, train_transform
+from . import distributed as dist_utils
+from .checkpoint import FORMAT_VERSION, check_model_state, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import save_config, to_plain
+from .inference import evaluate, predict_probs
+from .losses import SegLoss
+from .metrics import ConfusionMatrix, format_table
+from .model import MODEL_KEYS, build_model, describe_model
+from .precision import autocast, check_amp, grad_scaler
+from .schedule import poly_warmup_scheduler
+from .visualize import add_legend, overlay, plot_curves, save_png
+
+__all__ = ["DEFAULT_ITERS", "DEFAULT_LR", "NOT_CONFIG", "OPTIMIZERS", "RunLog", "RunState", "check_config",
+           "setup", "train_step", "log_step", "evaluate_and_save", "save", "finish", "train"]
+
+DEFAULT_ITERS = 400
+OPTIMIZERS = ("sgd", "adamw")
+DEFAULT_LR = {"sgd": 0.01, "adamw": 0.001}
+# Keys of the command line that are not part of a run's config.
+NOT_CONFIG = ("config", "resume")
+
+
+class RunLog:
+    """Log lines on stdout (all of them, bars or not) and ``metrics.jsonl`` records, on rank 0 only."""
+
+    def __init__(self, run_dir: Path, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+
+    def print(self, message: str) -> None:
+        if self.enabled:
+            tqdm.write(message, file=sys.stdout)
+            sys.stdout.flush()
+
+    def record(self, entry: Mapping[str, Any]) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(to_plain(entry)) + "\n")
+
+    def truncate_after(self, iteration: int) -> None:
+        """Drop the records a killed run wrote after its last checkpoint, so a resumed log reads straight."""
+        if self.enabled and self.path.is_file():
+            lines = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
+            kept = [ln for ln in lines if json.loads(ln).get("iter", 0) <= iteration]
+            self.path.write_text("".join(ln + "\n" for ln in kept))
+
+
+def fmt_time(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+@dataclass
+class RunState:
+    """Everything one training run holds between steps."""
+
+    cfg: Dict[str, Any]
+    info: dist_utils.DistInfo
+    run_dir: Path
+    log: RunLog
+    model: nn.Module
+    ddp: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    train_ds: SegmentationDataset
+    val_ds: SegmentationDataset
+    train_loader: torch.utils.data.DataLoader
+    sampler: SeededShardSampler
+    val_loader: torch.utils.data.DataLoader
+    iters_per_epoch: int
+    eval_interval: int
+    ckpt_interval: int
+    iteration: int = 0
+    best_miou: float = -1.0
+    last_val: Optional[Dict[str, Any]] = None
+    last_cm: Optional[ConfusionMatrix] = None
+    last_saved: Optional[int] = None
+    started: float = field(default_factory=time.time)
+    window_loss: float = 0.0
+    window_count: int = 0
+    window_start: float = field(default_factory=time.time)
+    bar: Any = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.info.device
+
+    @property
+    def max_iters(self) -> int:
+        return self.cfg["iters"]
+
+    @property
+    def done(self) -> bool:
+        return self.iteration >= self.max_iters
+
+
+# ------------------------------------------------------------------------------------------------- setup
+
+
+def check_config(cfg: Dict[str, Any]) -> None:
+    """Fill the learning-rate default and check the numeric options; raises ``ValueError`` naming the flag."""
+    if cfg.get("lr") is None:
+        cfg["lr"] = DEFAULT_LR[cfg["optimizer"]]
+    for key in ("batch_size", "val_batch_size", "log_interval", "lr"):
+        if not cfg[key] > 0:
+            raise ValueError(f"--{key.replace('_', '-')} must be > 0, got {cfg[key]!r}")
+    for key in ("iters", "epochs", "eval_interval", "ckpt_interval", "clip_grad"):
+        if cfg.get(key) is not None and not cfg[key] > 0:
+            raise ValueError(f"--{key.replace('_', '-')} must be > 0, got {cfg[key]!r}")
+    if cfg.get("iters") is not None and cfg.get("epochs") is not None:
+        raise ValueError(f"give --iters or --epochs, not both (got iters={cfg['iters']}, epochs={cfg['epochs']})")
+    if len(cfg["crop_size"]) not in (1, 2):
+        raise ValueError(f"--crop-size takes one or two ints (H W), got {cfg['crop_size']}")
+    if cfg["workers"] < 0 or cfg["num_vis"] < 0 or cfg["warmup_iters"] < 0:
+        raise ValueError("--workers, --num-vis and --warmup-iters must be >= 0")
+
+
+def _default_name(cfg: Mapping[str, Any]) -> str:
+    name = f"{cfg['backbone']}_{cfg['head']}_{cfg['dataset']}_{time.strftime('%Y%m%d-%H%M%S')}"
+    return name.replace(":", "-").replace("/", "-")
+
+
+def _prepare_run_dir(cfg: Dict[str, Any], resuming: bool) -> Path:
+    """Rank 0 picks (and checks) the run folder; every process gets the same answer or the same error."""
+    answer: Tuple[Optional[str], Optional[str]] = (None, None)
+    if dist_utils.is_main():
+        if resuming:
+            run_dir = Path(cfg["resume"]).parent
+        else:
+            cfg["name"] = cfg.get("name") or _default_name(cfg)
+            run_dir = Path(cfg["output_dir"]) / cfg["name"]
+        error = None
+        if not resuming and any((run_dir / f).exists() for f in ("last.pt", "best.pt", "config.yaml")):
+            error = (f"run folder {str(run_dir)!r} already holds a run; continue it with --resume {run_dir} "
+                     f"or choose another --name")
+        answer = (str(run_dir), error)
+    run_dir_s, error = dist_utils.broadcast_object(answer)
+    if error:
+        raise ValueError(error)
+    return Path(run_dir_s)
+
+
+def _build_datasets(cfg: Mapping[str, Any]) -> Tuple[SegmentationDataset, SegmentationDataset]:
+    crop = cfg["crop_size"] * 2 if len(cfg["crop_size"]) == 1 else cfg["crop_size"]
+    common = dict(root=cfg["root"], **(cfg["data_kwargs"] or {}))
+    train_ds = build_dataset(cfg["dataset"], split=cfg["train_split"], **common,
+                             transform=train_transform(crop_size=tuple(crop), scale_range=tuple(cfg["scale_range"]),
+                                                       hflip=cfg["hflip"], color_jitter=cfg["color_jitter"]))
+    val_ds = build_dataset(cfg["dataset"], split=cfg["val_split"], transform=eval_transform(), **common)
+    if val_ds.classes != train_ds.classes:
+        raise ValueError(f"the {cfg['train_split']!r} and {cfg['val_split']!r} splits disagree on the classes: "
+                         f"{len(train_ds.classes)} vs {len(val_ds.classes)}")
+    return train_ds, val_ds
+
+
+def _build_optimizer(cfg: Mapping[str, Any], model: nn.Module, max_iters: int):
+    lr_mult = {"backbone": cfg["backbone_lr_mult"]} if cfg["backbone_lr_mult"] != 1.0 else None
+    # Each group gets lr = base lr x its multiplier; LambdaLR then scales each group's own initial lr, which
+    # keeps the multiplier for the whole run.
+    groups = param_groups(model, cfg["weight_decay"], norm_weight_decay=cfg["norm_weight_decay"],
+                          bias_weight_decay=cfg["bias_weight_decay"], lr_mult=lr_mult, lr=cfg["lr"])
+    if cfg["optimizer"] == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"])
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=cfg["lr"])
+    scheduler = poly_warmup_scheduler(optimizer, max_iters=max_iters, power=cfg["poly_power"],
+                                      warmup_iters=min(cfg["warmup_iters"], max_iters),
+                                      warmup_ratio=cfg["warmup_ratio"])
+    return optimizer, scheduler
+
+
+def _check_resume(checkpoint: Mapping[str, Any], cfg: Mapping[str, Any], model: nn.Module, classes, where: str
+                  ) -> None:
+    saved = checkpoint["config"]
+    if list(checkpoint.get("classes", [])) != list(classes):
+        raise ValueError(f"checkpoint {where} was trained on {len(checkpoint.get('classes', []))} classes "
+                         f"{list(checkpoint.get('classes', []))[:6]}..., but dataset {cfg['dataset']!r} has "
+                         f"{len(classes)}: {list(classes)[:6]}...")
+    changed = [k for k in MODEL_KEYS if saved.get(k) != cfg.get(k)]
+    if changed:
+        raise ValueError(f"checkpoint {where} holds {describe_model(saved)}; the model options "
+                         f"{', '.join(f'{k}={cfg.get(k)!r} (saved {saved.get(k)!r})' for k in changed)} differ")
+    check_model_state(model, checkpoint["model"], where=where)
+
+
+def setup(cfg: Dict[str, Any], info: dist_utils.DistInfo, checkpoint: Optional[Mapping[str, Any]]) -> RunState:
+    """Data, model, optimizer and run folder of a new run, or of the run ``checkpoint`` continues."""
+    device = info.device
+    check_amp(cfg["amp"], device)
+    if cfg["norm"] == "sync_bn" and info.distributed and device.type != "cuda":
+        raise ValueError("--norm sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); on CPU use bn or "
+                         "gn")
+    resuming = bool(cfg.get("resume"))
+    if resuming and checkpoint is None:
+        checkpoint = load_checkpoint(cfg["resume"])
+    torch.manual_seed(cfg["seed"])
+    np.random.seed(cfg["seed"] % 2**32)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    train_ds, val_ds = _build_datasets(cfg)
+    pin = device.type == "cuda"
+    train_loader, sampler = build_train_loader(train_ds, batch_size=cfg["batch_size"], workers=cfg["workers"],
+                                               seed=cfg["seed"], rank=info.rank, world_size=info.world_size,
+                                               pin_memory=pin)
+    val_loader = build_eval_loader(val_ds, batch_size=cfg["val_batch_size"], workers=cfg["workers"],
+                                   rank=info.rank, world_size=info.world_size, pin_memory=pin)
+    iters_per_epoch = sampler.batches_per_epoch(cfg["batch_size"])
+    if cfg.get("epochs"):
+        cfg["iters"], cfg["epochs"] = cfg["epochs"] * iters_per_epoch, None
+    max_iters = cfg["iters"] = cfg.get("iters") or DEFAULT_ITERS
+    eval_interval = cfg.get("eval_interval") or max(1, math.ceil(max_iters / 4))
+
+    run_dir = _prepare_run_dir(cfg, resuming)
+    where = repr(str(cfg["resume"])) if resuming else ""
+    model = build_model(cfg, train_ds.num_classes, pretrained=None if resuming else cfg.get("pretrained"))
+    if resuming:
+        _check_resume(checkpoint, cfg, model, train_ds.classes, where)
+    model.to(device)
+    if cfg["channels_last"]:
+        model.to(memory_format=torch.channels_last)
+    if cfg["norm"] == "sync_bn" and info.distributed:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    optimizer, scheduler = _build_optimizer(cfg, model, max_iters)
+    state = RunState(
+        cfg=cfg, info=info, run_dir=run_dir, log=RunLog(run_dir, enabled=info.is_main), model=model,
+        ddp=model if not info.distributed else DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None),
+        optimizer=optimizer, scheduler=scheduler, scaler=grad_scaler(device, cfg["amp"]),
+        criterion=SegLoss(aux_weight=cfg["aux_weight"], ohem_thresh=cfg["ohem_thresh"],
+                          ohem_min_kept=cfg["ohem_min_kept"]),
+        train_ds=train_ds, val_ds=val_ds, train_loader=train_loader, sampler=sampler, val_loader=val_loader,
+        iters_per_epoch=iters_per_epoch, eval_interval=eval_interval,
+        ckpt_interval=cfg.get("ckpt_interval") or eval_interval)
+    if resuming:
+        _restore(state, checkpoint, where)
+
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(run_dir / "config.yaml", {k: v for k, v in cfg.items() if k not in NOT_CONFIG})
+        if resuming:
+            state.log.truncate_after(state.iteration)
+    state.log.print(
+        f"{'resuming' if resuming else 'training'} {describe_model(cfg, train_ds.num_classes)} on {train_ds.name} "
+        f"({len(train_ds)} images) / {val_ds.name} ({len(val_ds)}), {info.world_size} process(es) on {device}, "
+        f"{max_iters} iterations of {cfg['batch_size']} x {info.world_size}; run folder {run_dir}"
+        + (f", from iteration {state.iteration}" if resuming else ""))
+    return state
+
+
+def _restore(state: RunState, checkpoint: Mapping[str, Any], where: str) -> None:
+    """Model, optimizer, schedule, scaler, counters and RNG states from a ``last.pt``."""
+    state.model.load_state_dict(checkpoint["model"])
+    state.optimizer.load_state_dict(checkpoint["optimizer"])
+    state.scheduler.load_state_dict(checkpoint["scheduler"])
+    state.scaler.load_state_dict(checkpoint["scaler"])
+    state.iteration = state.last_saved = checkpoint["iteration"]
+    state.best_miou, state.last_val = checkpoint["best_miou"], checkpoint.get("metrics")
+    if state.iteration >= state.max_iters:
+        raise ValueError(f"checkpoint {where} is at iteration {state.iteration}, the run's end "
+                         f"(iters={state.max_iters}); pass a larger --iters to train further")
+    set_rng_state(checkpoint["rng"])
+
+
+# ------------------------------------------------------------------------------------------------- steps
+
+
+def train_step(state: RunState, images: torch.Tensor, masks: torch.Tensor) -> float:
+    """One optimizer step on a batch; returns the loss averaged over processes. A non-finite loss stops the run."""
+    cfg, device = state.cfg, state.device
+    images = images.to(device, non_blocking=True)
+    masks = masks.to(device, non_blocking=True)
+    if cfg["channels_last"]:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with autocast(device, cfg["amp"]):
+        output = state.ddp(images)
+    loss = state.criterion(output, masks)
+    loss_value = loss.detach().clone()
+    if state.info.distributed:
+        torch.distributed.all_reduce(loss_value)  # also spreads a NaN to every process
+        loss_value /= state.info.world_size
+    value = float(loss_value)
+    if not math.isfinite(value):
+        kept = (f"last.pt from iteration {state.last_saved} is kept" if state.last_saved is not None
+                else "no checkpoint was written yet")
+        raise FloatingPointError(
+            f"loss is {value} at iteration {state.iteration + 1}; stopping ({kept} in {state.run_dir}). Try a "
+            f"lower --lr, --clip-grad, more --warmup-iters, or --amp none")
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    if cfg.get("clip_grad"):
+        state.scaler.unscale_(state.optimizer)
+        nn.utils.clip_grad_norm_(state.model.parameters(), cfg["clip_grad"])
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    state.scheduler.step()
+    state.iteration += 1
+    return value
+
+
+def base_lr(state: RunState) -> float:
+    """The schedule's current base learning rate (before each group's ``lr_mult``)."""
+    return state.cfg["lr"] * state.scheduler.lr_lambdas[0](state.scheduler.last_epoch)
+
+
+def log_step(state: RunState, loss: float) -> None:
+    """Add ``loss`` to the logging window; every ``log_interval`` iterations (and at the end) log the window."""
+    state.window_loss += loss
+    state.window_count += 1
+    if state.iteration % state.cfg["log_interval"] and not state.done:
+        return
+    lr = base_lr(state)
+    per_iter = (time.time() - state.window_start) / state.window_count
+    entry = {"type": "train", "iter": state.iteration, "epoch": round(state.iteration / state.iters_per_epoch, 3),
+             "loss": state.window_loss / state.window_count, "lr": lr, "sec_per_iter": per_iter}
+    state.log.record(entry)
+    state.log.print(f"iter {state.iteration}/{state.max_iters}  epoch {entry['epoch']:.2f}  loss {entry['loss']:.4f}"
+                    f"  lr {lr:.2e}  {per_iter:.2f}s/it  eta {fmt_time(per_iter * (state.max_iters - state.iteration))}")
+    state.window_loss, state.window_count, state.window_start = 0.0, 0, time.time()
+
+
+def save(state: RunState, *, best: bool) -> None:
+    """``last.pt`` (everything to resume) and, when ``best``, ``best.pt`` (weights and metadata), rank 0 only."""
+    if state.info.is_main:
+        cfg = {k: v for k, v in state.cfg.items() if k not in NOT_CONFIG}
+        meta = {"format_version": FORMAT_VERSION, "model": state.model.state_dict(), "iteration": state.iteration,
+                "epoch": state.iteration // state.iters_per_epoch, "config": to_plain(cfg),
+                "classes": list(state.train_ds.classes), "palette": state.train_ds.palette,
+                "metrics": state.last_val}
+        save_checkpoint(state.run_dir / "last.pt", {
+            **meta, "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
+            "scaler": state.scaler.state_dict(), "best_miou": state.best_miou, "rng": rng_state()})
+        if best:
+            save_checkpoint(state.run_dir / "best.pt", meta)
+    state.last_saved = state.iteration
+
+
+def evaluate_and_save(state: RunState) -> None:
+    """Score the validation split, log it, save the checkpoints and redraw ``curves.png``."""
+    cfg = state.cfg
+    state.last_cm = evaluate(state.model, state.val_loader, num_classes=state.train_ds.num_classes,
+                             device=state.device, progress=not state.bar.disable, amp=cfg["amp"],
+                             channels_last=cfg["channels_last"])
+    state.last_val = state.last_cm.summary(state.train_ds.classes)
+    improved = state.last_val["miou"] > state.best_miou
+    state.best_miou = max(state.best_miou, state.last_val["miou"])
+    state.log.record({"type": "val", "iter": state.iteration, **state.last_val})
+    state.log.print(f"eval at iter {state.iteration}: mIoU {100 * state.last_val['miou']:.2f}  pixel accuracy "
+                    f"{100 * state.last_val['pixel_accuracy']:.2f}  (best {100 * state.best_miou:.2f})")
+    save(state, best=improved)
+    if state.info.is_main:
+        plot_curves(state.log.path, state.run_dir / "curves.png")
+    state.window_start = time.time()
+
+
+def _save_vis(state: RunState) -> None:
+    """``vis/val_<i>.png``: image | ground truth | prediction, with a legend of the classes shown."""
+    model, dataset, out_dir = state.model.eval(), state.val_ds, state.run_dir / "vis"
+    for i in range(min(state.cfg["num_vis"], len(dataset))):
+        image, mask = dataset.load(i)
+        x = normalize(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))))[None].to(state.device)
+        with torch.no_grad():
+            pred = predict_probs(model, x, amp=state.cfg["amp"]).argmax(1)[0].cpu().numpy().astype(np.uint8)
+        labels = sorted(set(np.unique(pred).tolist()) | (set(np.unique(mask).tolist()) - {255}))
+        row = np.concatenate([image, overlay(image, mask, dataset.palette, num_classes=dataset.num_classes),
+                              overlay(image, pred, dataset.palette, num_classes=dataset.num_classes)], axis=1)
+        save_png(out_dir / f"val_{i:03d}.png", add_legend(row, dataset.classes, dataset.palette, labels=labels))
+
+
+def finish(state: RunState) -> Dict[str, Any]:
+    """Print the per-class table, draw ``vis/`` and return the final metrics and the run folder."""
+    if state.info.is_main:
+        state.log.print(format_table(state.last_cm, state.train_ds.classes))
+        _save_vis(state)
+    last = state.last_val
+    state.log.print(f"done in {fmt_time(time.time() - state.started)}: final mIoU {100 * last['miou']:.2f}, best "
+                    f"{100 * state.best_miou:.2f}; run folder {state.run_dir}")
+    return {"run_dir": str(state.run_dir), "iteration": state.iteration, "miou": last["miou"],
+            "best_miou": state.best_miou, "pixel_accuracy": last["pixel_accuracy"], "iou": last["iou"]}
+
+
+# -------------------------------------------------------------------------------------------------- loop
+
+
+def _run(state: RunState) -> Dict[str, Any]:
+    cfg = state.cfg
+    show_bars = cfg["progress"] if cfg["progress"] is not None else sys.stderr.isatty()
+    state.bar = tqdm(total=state.max_iters, initial=state.iteration, desc="train", dynamic_ncols=True,
+                     disable=not (show_bars and state.info.is_main), file=sys.stderr)
+    state.window_start = time.time()
+    epoch, offset = divmod(state.iteration, state.iters_per_epoch)
+    state.ddp.train()
+    while not state.done:
+        state.sampler.set_epoch(epoch, start=offset * cfg["batch_size"])
+        for images, masks in state.train_loader:
+            log_step(state, train_step(state, images, masks))
+            state.bar.update(1)
+            if state.iteration % state.eval_interval == 0 or state.done:
+                evaluate_and_save(state)
+            elif state.iteration % state.ckpt_interval == 0:
+                save(state, best=False)
+            if state.done:
+                break
+        epoch, offset = epoch + 1, 0
+    state.bar.close()
+    return finish(state)
+
+
+def train(config: Mapping[str, Any], *, checkpoint: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """Run training as ``config`` (``tools.train_seg``'s keys) says; returns the final metrics and the run folder.
+
+    ``checkpoint`` (with ``config["resume"]``) continues a run; ``tools.train_seg.resolve_config`` prepares both.
+    """
+    cfg = dict(config)
+    check_config(cfg)
+    info = dist_utils.init_distributed(cfg["device"])
+    try:
+        return _run(setup(cfg, info, checkpoint))
+    finally:
+        dist_utils.cleanup()

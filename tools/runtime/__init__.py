@@ -1,0 +1,1 @@
+"""Exported models: writing ONNX and TorchScript files, and running them to check them against PyTorch."""
