@@ -16,16 +16,17 @@ win over the file. A run writes ``runs/<name>/``: ``config.yaml`` (the resolved 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from .data import list_datasets
 from .engine.checkpoint import load_checkpoint
 from .engine.cli import add_list_argument, run_cli
-from .engine.config import explicit_dests, parse_config, yaml_mapping
+from .engine.config import explicit_dests, load_config_file, parse_config, yaml_mapping
 from .engine.model import add_model_args
-from .engine.precision import AMP_MODES
-from .engine.trainer import DEFAULT_ITERS, NOT_CONFIG, OPTIMIZERS, train
+from .engine.precision import AMP_CHOICES
+from .engine.trainer import DEFAULT_ITERS, NOT_CONFIG, OPTIMIZERS, TrainingInterrupted, train
 
 __all__ = ["build_parser", "resolve_config", "run", "main"]
 
@@ -37,9 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run")
     g.add_argument("--config", help="YAML file whose keys are these flags (underscores for dashes)")
     g.add_argument("--resume", help="run folder (or its last.pt) to continue; its saved config is used and "
-                                    "explicit flags override it")
+                                    "explicit flags override it. A folder whose run stopped before its first "
+                                    "checkpoint starts again from iteration 0")
     g.add_argument("--output-dir", default="runs", help="parent folder of run folders")
-    g.add_argument("--name", help="run folder name; unset: <backbone>_<head>_<dataset>_<date-time>")
+    g.add_argument("--name", help="run folder name; unset: <backbone>_<head>_<dataset>_<date-time>. A folder "
+                                  "holding a checkpoint is never overwritten; one whose run left none is reused")
     add_model_args(p)
     g = p.add_argument_group("initialization")
     g.add_argument("--pretrained", help="backbone weights: 'imagenet', a path or a URL; unset: from scratch")
@@ -81,14 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip-grad", type=float, help="clip the gradient norm to this")
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    g.add_argument("--amp", default="none", choices=AMP_MODES, help="bf16 (CPU or CUDA) or fp16 (CUDA)")
-    g.add_argument("--channels-last", action=bool_flag, default=False)
+    g.add_argument("--amp", default="auto", choices=AMP_CHOICES,
+                   help="mixed precision: bf16 (CPU or CUDA), fp16 (CUDA) or none (fp32); auto: bf16 where the "
+                        "device runs it natively (CPU with AVX-512 BF16 or AMX, CUDA compute capability 8.0+), "
+                        "else none. config.yaml holds the resolved choice")
+    g.add_argument("--channels-last", action=bool_flag, default=None,
+                   help="channels_last memory format; unset: on with bf16 or fp16")
     g.add_argument("--seed", type=int, default=0, help="model initialization, data order and augmentation")
     g.add_argument("--log-interval", type=int, default=20, help="iterations between log lines")
     g.add_argument("--eval-interval", type=int, help="iterations between evaluations; unset: 4 per run")
     g.add_argument("--ckpt-interval", type=int, help="iterations between last.pt saves; unset: at each "
                                                      "evaluation")
-    g.add_argument("--num-vis", type=int, default=4, help="validation images drawn into vis/ at the end")
+    g.add_argument("--num-vis", type=int, default=4, help="validation images drawn into vis/ at the end (and "
+                                                            "into TensorBoard at each evaluation)")
+    g.add_argument("--tensorboard", action=bool_flag, default=None,
+                   help="also log to TensorBoard event files in the run folder; unset: when the tensorboard "
+                        "package is installed")
     g.add_argument("--progress", action=bool_flag, default=None,
                    help="progress bars; unset: when stderr is a terminal")
     return p
@@ -104,6 +115,8 @@ def resolve_config(argv: Optional[List[str]] = None) -> Tuple[Dict[str, Any], Op
     if args["config"]:
         raise ValueError("--resume continues with the run's saved config; pass flags to change it, not --config")
     path = Path(args["resume"])
+    if path.is_dir() and not (path / "last.pt").exists() and (path / "config.yaml").is_file():
+        return _restart_config(parser, args, argv, path), None
     path = path / "last.pt" if path.is_dir() else path
     checkpoint = load_checkpoint(path)
     saved = checkpoint["config"]
@@ -115,10 +128,32 @@ def resolve_config(argv: Optional[List[str]] = None) -> Tuple[Dict[str, Any], Op
     return config, checkpoint
 
 
+def _restart_config(parser: argparse.ArgumentParser, args: Dict[str, Any], argv: Optional[List[str]],
+                    run_dir: Path) -> Dict[str, Any]:
+    """The config of a new run in ``run_dir``, whose run stopped before its first checkpoint: its saved
+    ``config.yaml`` plus the explicitly given flags. The trainer reuses the folder (see ``--name``)."""
+    config = {**args, **load_config_file(run_dir / "config.yaml", parser, exclude=NOT_CONFIG)}
+    config.update({k: args[k] for k in explicit_dests(parser, argv) - set(NOT_CONFIG)})
+    config.update(output_dir=str(run_dir.parent), name=run_dir.name, resume=None)
+    return config
+
+
 def run(argv: Optional[List[str]] = None) -> Dict[str, Any]:
-    """Parse ``argv`` and train; errors propagate (``main`` turns them into a message)."""
-    config, checkpoint = resolve_config(argv)
-    return train(config, checkpoint=checkpoint)
+    """Parse ``argv`` and train; errors propagate (``main`` turns them into a message).
+
+    SIGINT/SIGTERM end the program here with one line on stderr (what was saved, how to continue) and the
+    signal's exit status (130, 143), without a traceback.
+    """
+    try:
+        config, checkpoint = resolve_config(argv)
+        return train(config, checkpoint=checkpoint)
+    except TrainingInterrupted as e:
+        if e.report:
+            print(f"interrupted: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
+    except KeyboardInterrupt:  # before training started: nothing was written
+        print("interrupted before training started", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def main(argv: Optional[List[str]] = None) -> None:

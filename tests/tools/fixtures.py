@@ -124,12 +124,14 @@ def write_folder(root: Path, *, layout: str = "subdirs", count: int = 4, classes
 
 
 def tiny_run_args(out_dir: Path, name: str, *extra: str, iters: Optional[int] = 4) -> List[str]:
-    """Command line of a fast training run: 8 synthetic 64x64 images per split, resnet18 + FPN, 64x64 crops,
-    batch 4 (so 2 iterations per epoch). Later flags in ``extra`` override earlier ones."""
+    """Command line of a fast training run: 8 synthetic 64x64 images per split, resnet18 + BiSeNet (the default
+    model), 64x64 crops, batch 4 (so 2 iterations per epoch), fp32 (``--amp auto`` would pick bf16 on some
+    machines only, and tests must not depend on the machine) and no TensorBoard. Later flags in ``extra``
+    override earlier ones."""
     return ["--output-dir", str(out_dir), "--name", name, "--data-kwargs", "{num_images: 8, image_size: 64}",
             "--crop-size", "64", "--batch-size", "4", "--val-batch-size", "4", "--warmup-iters", "1",
             "--workers", "0", "--log-interval", "1", "--num-vis", "1", "--device", "cpu", "--no-progress",
-            *(["--iters", str(iters)] if iters is not None else []), *extra]
+            "--amp", "none", "--no-tensorboard", *(["--iters", str(iters)] if iters is not None else []), *extra]
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,23 @@
-"""Training runs: the loss falls, the run folder is complete, resuming after a kill is exact, bad input stops
-the run with a message and leaves checkpoints alone."""
+"""Training runs: the loss falls, the run folder is complete, resuming after a kill or an interrupt is exact,
+a run that died before its first checkpoint starts again, the log times training and evaluation apart, bad
+input stops the run with a message and leaves checkpoints alone."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 
+import tools.engine.trainer as trainer
 from tools.engine.checkpoint import load_checkpoint
 from tools.engine.losses import SegLoss
 from tools.train_seg import build_parser, main, run
@@ -49,6 +53,7 @@ def test_run_folder_holds_everything(trained):
     run_dir, result = trained
     for name in ("config.yaml", "metrics.jsonl", "last.pt", "best.pt", "curves.png", "vis/val_000.png"):
         assert (run_dir / name).is_file(), name
+    assert not list(run_dir.glob("events.out.tfevents.*"))  # --no-tensorboard
     val = records(run_dir, "val")
     assert [r["iter"] for r in val] == [5, 10]
     assert val[-1]["miou"] == pytest.approx(result["miou"])
@@ -74,11 +79,37 @@ def test_saved_config_reproduces_the_run(trained, tmp_path):
     assert again["miou"] == pytest.approx(trained[1]["miou"])
 
 
-def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
-    args = ["--iters", "8", "--ckpt-interval", "1", "--eval-interval", "4"]
-    run(tiny_run_args(tmp_path, "straight", *args))
+# The resume tests' run: FCN's dropout draws from the global RNG at every step, so a resume that does not restore
+# the RNG state diverges; the evaluation at iteration 4 lies between the interruption and the end.
+RESUME_ARGS = ("--iters", "8", "--eval-interval", "4", "--head", "fcn")
 
-    proc = subprocess.Popen([sys.executable, "-m", "tools.train_seg", *tiny_run_args(tmp_path, "killed", *args)],
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The uninterrupted run the resumed ones must equal."""
+    out = tmp_path_factory.mktemp("straight")
+    run(tiny_run_args(out, "straight", *RESUME_ARGS))
+    return out / "straight"
+
+
+def assert_same_run(resumed_dir: Path, straight_dir: Path) -> None:
+    """Bit-identical weights and optimizer state, and the same log of losses and validation scores."""
+    straight, resumed = load_checkpoint(straight_dir / "last.pt"), load_checkpoint(resumed_dir / "last.pt")
+    assert resumed["iteration"] == straight["iteration"]
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    for index, state in straight["optimizer"]["state"].items():  # AdamW moments and step counts
+        for name, value in state.items():
+            assert torch.equal(value, resumed["optimizer"]["state"][index][name]), (index, name)
+    # the resumed log reads like the uninterrupted one: no duplicated iterations
+    for kind, key in (("train", "loss"), ("val", "miou")):
+        assert [(r["iter"], r[key]) for r in records(resumed_dir, kind)] == \
+            [(r["iter"], r[key]) for r in records(straight_dir, kind)], kind
+
+
+def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path, straight):
+    proc = subprocess.Popen([sys.executable, "-m", "tools.train_seg",
+                             *tiny_run_args(tmp_path, "killed", *RESUME_ARGS, "--ckpt-interval", "1")],
                             cwd=REPO, env=subprocess_env(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     last = tmp_path / "killed" / "last.pt"
     deadline = time.time() + 120
@@ -92,16 +123,154 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
 
     result = run(["--resume", str(tmp_path / "killed")])
     assert result["iteration"] == 8
-    straight = load_checkpoint(tmp_path / "straight" / "last.pt")
-    resumed = load_checkpoint(last)
-    for key, value in straight["model"].items():
-        assert torch.equal(value, resumed["model"][key]), key
-    for index, state in straight["optimizer"]["state"].items():  # AdamW moments and step counts
-        for name, value in state.items():
-            assert torch.equal(value, resumed["optimizer"]["state"][index][name]), (index, name)
-    # the resumed log reads like the uninterrupted one: no duplicated iterations
-    assert [r["loss"] for r in records(tmp_path / "killed", "train")] == \
-        [r["loss"] for r in records(tmp_path / "straight", "train")]
+    assert_same_run(tmp_path / "killed", straight)
+
+
+def wait_for_iteration(run_dir: Path, proc: subprocess.Popen, iteration: int, timeout: float = 120) -> None:
+    """Until the child has logged ``iteration`` (it logs every iteration)."""
+    log, deadline = run_dir / "metrics.jsonl", time.time() + timeout
+    while proc.poll() is None and time.time() < deadline:
+        for line in log.read_text().splitlines() if log.exists() else []:
+            try:
+                if json.loads(line).get("iter", 0) >= iteration:
+                    return
+            except ValueError:  # a line still being written
+                pass
+        time.sleep(0.01)
+    raise AssertionError(f"the run ended or stalled before iteration {iteration}: {proc.poll()}")
+
+
+def test_ctrl_c_saves_the_current_iteration_and_resume_equals_an_uninterrupted_run(tmp_path, straight):
+    run_dir = tmp_path / "interrupted"
+    # no periodic checkpoint before the evaluation at 4: the last.pt found afterwards is the interrupt's
+    proc = subprocess.Popen([sys.executable, "-m", "tools.train_seg",
+                             *tiny_run_args(tmp_path, "interrupted", *RESUME_ARGS, "--ckpt-interval", "100")],
+                            cwd=REPO, env=subprocess_env(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    wait_for_iteration(run_dir, proc, 1)
+    assert not (run_dir / "last.pt").exists()
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    # one line, no traceback, saying how to continue
+    assert stderr.strip().splitlines() == [stderr.strip()] and "Traceback" not in stderr, stderr[-2000:]
+    assert stderr.startswith("interrupted: SIGINT at iteration ") and f"--resume {run_dir}" in stderr
+    stopped_at = load_checkpoint(run_dir / "last.pt")["iteration"]
+    assert f"at iteration {stopped_at}/8: saved {run_dir / 'last.pt'}" in stderr
+    assert 1 <= stopped_at < 4, "the resumed run must cross the evaluation at iteration 4"
+
+    result = run(["--resume", str(run_dir)])
+    assert result["iteration"] == 8
+    assert_same_run(run_dir, straight)
+
+
+def test_sigterm_stops_after_the_step_it_arrives_in(tmp_path, monkeypatch, capsys):
+    original = trainer.train_step
+
+    def signalled_step(state, images, masks):
+        if state.iteration == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered in the middle of the second step
+        return original(state, images, masks)
+
+    monkeypatch.setattr(trainer, "train_step", signalled_step)
+    with pytest.raises(SystemExit) as exit_info:
+        run(tiny_run_args(tmp_path, "term", "--iters", "6", "--ckpt-interval", "100", "--eval-interval", "100"))
+    assert exit_info.value.code == 143
+    assert load_checkpoint(tmp_path / "term" / "last.pt")["iteration"] == 2
+    assert capsys.readouterr().err == (f"interrupted: SIGTERM at iteration 2/6: saved {tmp_path / 'term' / 'last.pt'}"
+                                       f"; continue with --resume {tmp_path / 'term'}\n")
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handlers are put back
+
+
+def test_training_continues_in_train_mode_after_an_evaluation(tmp_path, monkeypatch):
+    original, modes = trainer.train_step, []
+
+    def recording_step(state, images, masks):
+        modes.append((state.iteration + 1, all(m.training for m in state.model.modules())))
+        return original(state, images, masks)
+
+    monkeypatch.setattr(trainer, "train_step", recording_step)
+    run(tiny_run_args(tmp_path, "modes", "--iters", "3", "--eval-interval", "1", "--head", "fcn"))
+    assert modes == [(1, True), (2, True), (3, True)]
+
+
+# ------------------------------------------------------------------------------------- run folders and logs
+
+
+def test_a_run_that_died_before_its_first_checkpoint_starts_again(tmp_path, monkeypatch):
+    original = SegLoss.forward
+
+    def crash(name):
+        calls = {"n": 0}
+
+        def nan_at_second_step(self, output, target):
+            calls["n"] += 1
+            loss = original(self, output, target)
+            return loss * float("nan") if calls["n"] == 2 else loss
+
+        with monkeypatch.context() as m:
+            m.setattr(SegLoss, "forward", nan_at_second_step)
+            with pytest.raises(FloatingPointError, match="no checkpoint was written yet; the same command starts"):
+                run(tiny_run_args(tmp_path, name, *args))
+        assert (tmp_path / name / "config.yaml").is_file() and not (tmp_path / name / "last.pt").exists()
+        assert [r["iter"] for r in records(tmp_path / name, "train")] == [1]
+
+    args = ("--iters", "2", "--eval-interval", "100")
+    # the same command again reuses the folder, and its log starts afresh
+    crash("again")
+    result = run(tiny_run_args(tmp_path, "again", *args))
+    assert result["iteration"] == 2 and result["run_dir"] == str(tmp_path / "again")
+    assert [r["iter"] for r in records(tmp_path / "again", "train")] == [1, 2]
+    # --resume on such a folder starts its run again from its config.yaml, explicit flags still winning
+    crash("resumed")
+    result = run(["--resume", str(tmp_path / "resumed"), "--log-interval", "2"])
+    assert result["iteration"] == 2 and result["run_dir"] == str(tmp_path / "resumed")
+    assert [r["iter"] for r in records(tmp_path / "resumed", "train")] == [2]
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["config"]["log_interval"] == 2
+
+
+def test_log_times_training_and_evaluation_apart(tmp_path, monkeypatch, capsys):
+    original = trainer.evaluate
+
+    def slow_evaluate(*args, **kwargs):
+        time.sleep(1.0)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate", slow_evaluate)
+    run(tiny_run_args(tmp_path, "timed", "--iters", "4", "--eval-interval", "2"))
+    train, val = records(tmp_path / "timed", "train"), records(tmp_path / "timed", "val")
+    assert [r["evals_left"] for r in train] == [2, 2, 1, 1]  # evaluations at 2 and 4, each after its log line
+    assert [r["iter"] for r in val] == [2, 4] and all(r["eval_sec"] >= 1.0 for r in val)
+    # the iteration after an evaluation is timed without it, and the ETA adds the evaluations still to come
+    after = train[2]
+    assert after["sec_per_iter"] < 1.0
+    assert after["eta_sec"] >= after["sec_per_iter"] * 1 + 1 * 1.0
+    assert train[0]["eta_sec"] == pytest.approx(train[0]["sec_per_iter"] * 3)  # no evaluation timed yet
+    out = capsys.readouterr().out
+    assert " + 2 evals" in out.splitlines()[1]
+    assert [ln for ln in out.splitlines() if ln.startswith("eval at iter 2:")][0].rsplit("eval ", 1)[1][0] != "0"
+
+
+@pytest.mark.parametrize("end, interval, expected", [
+    (10, 5, {1: 2, 5: 2, 6: 1, 10: 1, 11: 0}), (10, 4, {1: 3, 8: 2, 9: 1, 10: 1}), (3, 100, {1: 1, 3: 1})])
+def test_evaluations_left(end, interval, expected):
+    state = SimpleNamespace(eval_interval=interval, max_iters=end)
+    assert {it: trainer.evals_from(state, it) for it in expected} == expected
+
+
+def test_amp_auto_is_resolved_printed_and_saved(tmp_path, monkeypatch, capsys):
+    from tools.engine import precision
+
+    monkeypatch.setattr(precision, "fast_bf16", lambda device: True)
+    run(tiny_run_args(tmp_path, "auto", "--amp", "auto", "--iters", "1"))
+    assert "bf16 autocast + channels_last (--amp auto: this CPU has native bf16)" in capsys.readouterr().out
+    saved = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())
+    assert (saved["amp"], saved["channels_last"]) == ("bf16", True)
+    # a resumed run keeps the saved choice, even where auto would now choose otherwise
+    monkeypatch.setattr(precision, "fast_bf16", lambda device: False)
+    run(["--resume", str(tmp_path / "auto"), "--iters", "2"])
+    config = load_checkpoint(tmp_path / "auto" / "last.pt")["config"]
+    assert (config["amp"], config["channels_last"]) == ("bf16", True)
 
 
 def test_options_run_together(tmp_path):

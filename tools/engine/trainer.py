@@ -1,17 +1,21 @@
 """The segmentation training loop as named steps: :func:`setup` builds a :class:`RunState`, then
 :func:`train_step`, :func:`log_step`, :func:`evaluate_and_save` and :func:`finish` (torchvision's
 ``train_one_epoch``/``evaluate`` and detectron2's ``run_step`` shape). :func:`train` runs them in order.
+
+SIGINT and SIGTERM stop the run between two steps with ``last.pt`` saved (:class:`TrainingInterrupted`). The
+logged s/it counts training only; evaluations are timed apart, and the ETA adds the evaluations still to come.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -27,16 +31,19 @@ from ..data.transforms import eval_transform, normalize, train_transform
 from . import distributed as dist_utils
 from .checkpoint import FORMAT_VERSION, check_model_state, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import save_config, to_plain
+from .cli import MissingExtra
 from .inference import evaluate, predict_probs
+from .interrupt import StopOnSignal, TrainingInterrupted
 from .losses import SegLoss
 from .metrics import ConfusionMatrix, format_table
 from .model import MODEL_KEYS, build_model, describe_model
-from .precision import autocast, check_amp, grad_scaler
+from .precision import autocast, grad_scaler, resolve_amp
 from .schedule import poly_warmup_scheduler
-from .visualize import add_legend, overlay, plot_curves, save_png
+from .tensorboard_log import EVENTS_GLOB, BoardWriter, tensorboard_available
+from .visualize import comparison, plot_curves, save_png
 
-__all__ = ["DEFAULT_ITERS", "DEFAULT_LR", "NOT_CONFIG", "OPTIMIZERS", "RunLog", "RunState", "check_config",
-           "setup", "train_step", "log_step", "evaluate_and_save", "save", "finish", "train"]
+__all__ = ["DEFAULT_ITERS", "DEFAULT_LR", "NOT_CONFIG", "OPTIMIZERS", "RunLog", "RunState", "TrainingInterrupted",
+           "check_config", "setup", "train_step", "log_step", "evaluate_and_save", "save", "finish", "train"]
 
 DEFAULT_ITERS = 400
 OPTIMIZERS = ("sgd", "adamw")
@@ -46,11 +53,13 @@ NOT_CONFIG = ("config", "resume")
 
 
 class RunLog:
-    """Log lines on stdout (all of them, bars or not) and ``metrics.jsonl`` records, on rank 0 only."""
+    """Log lines on stdout (all of them, bars or not) and ``metrics.jsonl`` records, on rank 0 only; the
+    records and a few pictures also go to TensorBoard when ``board`` is set."""
 
-    def __init__(self, run_dir: Path, *, enabled: bool) -> None:
+    def __init__(self, run_dir: Path, *, enabled: bool, board: Optional[BoardWriter] = None) -> None:
         self.enabled = enabled
         self.path = run_dir / "metrics.jsonl"
+        self.board = board
 
     def print(self, message: str) -> None:
         if self.enabled:
@@ -61,6 +70,18 @@ class RunLog:
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(to_plain(entry)) + "\n")
+            if self.board is not None:
+                self.board.record(entry)
+
+    def images(self, tag: str, images: List[np.ndarray], step: int) -> None:
+        if self.enabled and self.board is not None:
+            self.board.images(tag, images, step)
+            self.board.flush()
+
+    def close(self) -> None:
+        if self.board is not None:
+            self.board.close()
+            self.board = None
 
     def truncate_after(self, iteration: int) -> None:
         """Drop the records a killed run wrote after its last checkpoint, so a resumed log reads straight."""
@@ -102,10 +123,17 @@ class RunState:
     last_val: Optional[Dict[str, Any]] = None
     last_cm: Optional[ConfusionMatrix] = None
     last_saved: Optional[int] = None
-    started: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.perf_counter)
     window_loss: float = 0.0
     window_count: int = 0
-    window_start: float = field(default_factory=time.time)
+    window_timed: int = 0  # iterations of the window this process timed (a resumed window's first part was not)
+    # The training clock: a log window's time is window_seconds (before an evaluation paused it) plus the time
+    # since window_start; evaluations are counted apart.
+    window_start: float = field(default_factory=time.perf_counter)
+    window_seconds: float = 0.0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    last_eval_seconds: Optional[float] = None
     bar: Any = None
 
     @property
@@ -140,6 +168,11 @@ def check_config(cfg: Dict[str, Any]) -> None:
         raise ValueError(f"--crop-size takes one or two ints (H W), got {cfg['crop_size']}")
     if cfg["workers"] < 0 or cfg["num_vis"] < 0 or cfg["warmup_iters"] < 0:
         raise ValueError("--workers, --num-vis and --warmup-iters must be >= 0")
+    if cfg.get("tensorboard") is None:
+        cfg["tensorboard"] = tensorboard_available()
+    elif cfg["tensorboard"] and not tensorboard_available():
+        raise MissingExtra("--tensorboard needs the tensorboard package: pip install tensorboard (or pass "
+                           "--no-tensorboard)")
 
 
 def _default_name(cfg: Mapping[str, Any]) -> str:
@@ -147,24 +180,47 @@ def _default_name(cfg: Mapping[str, Any]) -> str:
     return name.replace(":", "-").replace("/", "-")
 
 
-def _prepare_run_dir(cfg: Dict[str, Any], resuming: bool) -> Path:
-    """Rank 0 picks (and checks) the run folder; every process gets the same answer or the same error."""
-    answer: Tuple[Optional[str], Optional[str]] = (None, None)
+# What a run writes into its folder, besides checkpoints: a new run in a folder whose run left no checkpoint
+# replaces them.
+RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "curves.png", "vis", EVENTS_GLOB)
+
+
+def _prepare_run_dir(cfg: Dict[str, Any], resuming: bool) -> Tuple[Path, bool]:
+    """Rank 0 picks (and checks) the run folder; every process gets the same answer or the same error.
+
+    Returns the folder and whether it holds a run that stopped before its first checkpoint, which a new run
+    (the same command again) replaces: only a folder with a checkpoint holds something worth keeping.
+    """
+    answer: Tuple[Optional[str], bool, Optional[str]] = (None, False, None)
     if dist_utils.is_main():
         if resuming:
             run_dir = Path(cfg["resume"]).parent
         else:
             cfg["name"] = cfg.get("name") or _default_name(cfg)
             run_dir = Path(cfg["output_dir"]) / cfg["name"]
-        error = None
-        if not resuming and any((run_dir / f).exists() for f in ("last.pt", "best.pt", "config.yaml")):
+        error, restart = None, False
+        if not resuming and any((run_dir / f).exists() for f in ("last.pt", "best.pt")):
             error = (f"run folder {str(run_dir)!r} already holds a run; continue it with --resume {run_dir} "
                      f"or choose another --name")
-        answer = (str(run_dir), error)
-    run_dir_s, error = dist_utils.broadcast_object(answer)
+        elif not resuming:
+            restart = (run_dir / "config.yaml").exists()
+        answer = (str(run_dir), restart, error)
+    run_dir_s, restart, error = dist_utils.broadcast_object(answer)
     if error:
         raise ValueError(error)
-    return Path(run_dir_s)
+    return Path(run_dir_s), restart
+
+
+def _clear_outputs(run_dir: Path) -> None:
+    """Remove what a run that left no checkpoint wrote, so the new run's log and pictures start clean."""
+    for pattern in RUN_OUTPUTS:
+        for path in run_dir.glob(pattern):
+            if path.is_dir():
+                for child in sorted(path.rglob("*"), reverse=True):
+                    child.rmdir() if child.is_dir() else child.unlink()
+                path.rmdir()
+            else:
+                path.unlink()
 
 
 def _build_datasets(cfg: Mapping[str, Any]) -> Tuple[SegmentationDataset, SegmentationDataset]:
@@ -213,7 +269,7 @@ def _check_resume(checkpoint: Mapping[str, Any], cfg: Mapping[str, Any], model: 
 def setup(cfg: Dict[str, Any], info: dist_utils.DistInfo, checkpoint: Optional[Mapping[str, Any]]) -> RunState:
     """Data, model, optimizer and run folder of a new run, or of the run ``checkpoint`` continues."""
     device = info.device
-    check_amp(cfg["amp"], device)
+    cfg["amp"], cfg["channels_last"], amp_reason = resolve_amp(cfg["amp"], cfg.get("channels_last"), device)
     if cfg["norm"] == "sync_bn" and info.distributed and device.type != "cuda":
         raise ValueError("--norm sync_bn needs CUDA (PyTorch's SyncBatchNorm has no CPU kernel); on CPU use bn or "
                          "gn")
@@ -238,7 +294,7 @@ def setup(cfg: Dict[str, Any], info: dist_utils.DistInfo, checkpoint: Optional[M
     max_iters = cfg["iters"] = cfg.get("iters") or DEFAULT_ITERS
     eval_interval = cfg.get("eval_interval") or max(1, math.ceil(max_iters / 4))
 
-    run_dir = _prepare_run_dir(cfg, resuming)
+    run_dir, restart = _prepare_run_dir(cfg, resuming)
     where = repr(str(cfg["resume"])) if resuming else ""
     model = build_model(cfg, train_ds.num_classes, pretrained=None if resuming else cfg.get("pretrained"))
     if resuming:
@@ -263,14 +319,22 @@ def setup(cfg: Dict[str, Any], info: dist_utils.DistInfo, checkpoint: Optional[M
         _restore(state, checkpoint, where)
 
     if info.is_main:
+        if restart:
+            _clear_outputs(run_dir)
+            state.log.print(f"run folder {run_dir} holds no checkpoint (its run stopped before the first save): "
+                            f"starting that run again")
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(run_dir / "config.yaml", {k: v for k, v in cfg.items() if k not in NOT_CONFIG})
         if resuming:
             state.log.truncate_after(state.iteration)
+        if cfg["tensorboard"]:
+            state.log.board = BoardWriter(run_dir, purge_step=state.iteration if resuming else None)
+    precision = ("fp32" if cfg["amp"] == "none" else f"{cfg['amp']} autocast") + \
+        (" + channels_last" if cfg["channels_last"] else "") + (f" ({amp_reason})" if amp_reason else "")
     state.log.print(
         f"{'resuming' if resuming else 'training'} {describe_model(cfg, train_ds.num_classes)} on {train_ds.name} "
         f"({len(train_ds)} images) / {val_ds.name} ({len(val_ds)}), {info.world_size} process(es) on {device}, "
-        f"{max_iters} iterations of {cfg['batch_size']} x {info.world_size}; run folder {run_dir}"
+        f"{precision}, {max_iters} iterations of {cfg['batch_size']} x {info.world_size}; run folder {run_dir}"
         + (f", from iteration {state.iteration}" if resuming else ""))
     return state
 
@@ -283,6 +347,8 @@ def _restore(state: RunState, checkpoint: Mapping[str, Any], where: str) -> None
     state.scaler.load_state_dict(checkpoint["scaler"])
     state.iteration = state.last_saved = checkpoint["iteration"]
     state.best_miou, state.last_val = checkpoint["best_miou"], checkpoint.get("metrics")
+    # the losses of a log window that a checkpoint cut in two (older checkpoints: start a new window)
+    state.window_loss, state.window_count = checkpoint.get("log_window", (0.0, 0))
     if state.iteration >= state.max_iters:
         raise ValueError(f"checkpoint {where} is at iteration {state.iteration}, the run's end "
                          f"(iters={state.max_iters}); pass a larger --iters to train further")
@@ -309,7 +375,7 @@ def train_step(state: RunState, images: torch.Tensor, masks: torch.Tensor) -> fl
     value = float(loss_value)
     if not math.isfinite(value):
         kept = (f"last.pt from iteration {state.last_saved} is kept" if state.last_saved is not None
-                else "no checkpoint was written yet")
+                else "no checkpoint was written yet; the same command starts the run again")
         raise FloatingPointError(
             f"loss is {value} at iteration {state.iteration + 1}; stopping ({kept} in {state.run_dir}). Try a "
             f"lower --lr, --clip-grad, more --warmup-iters, or --amp none")
@@ -330,20 +396,44 @@ def base_lr(state: RunState) -> float:
     return state.cfg["lr"] * state.scheduler.lr_lambdas[0](state.scheduler.last_epoch)
 
 
+def evals_from(state: RunState, iteration: int) -> int:
+    """How many evaluations the run makes at iterations >= ``iteration``: every ``eval_interval`` and at the end."""
+    interval, end = state.eval_interval, state.max_iters
+    if iteration > end:
+        return 0
+    return end // interval - (iteration - 1) // interval + (1 if end % interval else 0)
+
+
 def log_step(state: RunState, loss: float) -> None:
-    """Add ``loss`` to the logging window; every ``log_interval`` iterations (and at the end) log the window."""
+    """Add ``loss`` to the logging window; every ``log_interval`` iterations (and at the end) log the window.
+
+    The record's ``sec_per_iter`` is training time only (data, forward, backward, step; evaluations are timed
+    apart, see :func:`evaluate_and_save`); ``eta_sec`` adds ``evals_left`` x the last evaluation's time.
+    """
     state.window_loss += loss
     state.window_count += 1
+    state.window_timed += 1
     if state.iteration % state.cfg["log_interval"] and not state.done:
         return
+    now = time.perf_counter()
+    seconds = state.window_seconds + now - state.window_start
+    state.train_seconds += seconds
     lr = base_lr(state)
-    per_iter = (time.time() - state.window_start) / state.window_count
+    per_iter = seconds / state.window_timed
+    evals_left = evals_from(state, state.iteration)  # this iteration's evaluation, if any, is still to come
+    eta = per_iter * (state.max_iters - state.iteration)
+    if state.last_eval_seconds is not None:
+        eta += evals_left * state.last_eval_seconds
     entry = {"type": "train", "iter": state.iteration, "epoch": round(state.iteration / state.iters_per_epoch, 3),
-             "loss": state.window_loss / state.window_count, "lr": lr, "sec_per_iter": per_iter}
+             "loss": state.window_loss / state.window_count, "lr": lr, "sec_per_iter": per_iter, "eta_sec": eta,
+             "evals_left": evals_left}
     state.log.record(entry)
+    unknown = f" + {evals_left} eval{'s' if evals_left > 1 else ''}" \
+        if state.last_eval_seconds is None and evals_left else ""
     state.log.print(f"iter {state.iteration}/{state.max_iters}  epoch {entry['epoch']:.2f}  loss {entry['loss']:.4f}"
-                    f"  lr {lr:.2e}  {per_iter:.2f}s/it  eta {fmt_time(per_iter * (state.max_iters - state.iteration))}")
-    state.window_loss, state.window_count, state.window_start = 0.0, 0, time.time()
+                    f"  lr {lr:.2e}  {per_iter:.2f}s/it  eta {fmt_time(eta)}{unknown}")
+    state.window_loss, state.window_count, state.window_timed = 0.0, 0, 0
+    state.window_seconds, state.window_start = 0.0, now
 
 
 def save(state: RunState, *, best: bool) -> None:
@@ -356,52 +446,70 @@ def save(state: RunState, *, best: bool) -> None:
                 "metrics": state.last_val}
         save_checkpoint(state.run_dir / "last.pt", {
             **meta, "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
-            "scaler": state.scaler.state_dict(), "best_miou": state.best_miou, "rng": rng_state()})
+            "scaler": state.scaler.state_dict(), "best_miou": state.best_miou, "rng": rng_state(),
+            "log_window": [state.window_loss, state.window_count]})
         if best:
             save_checkpoint(state.run_dir / "best.pt", meta)
     state.last_saved = state.iteration
 
 
 def evaluate_and_save(state: RunState) -> None:
-    """Score the validation split, log it, save the checkpoints and redraw ``curves.png``."""
+    """Score the validation split, log it, save the checkpoints and redraw ``curves.png`` (and, with
+    TensorBoard, a few validation figures). The training clock stops meanwhile; the record's ``eval_sec`` is
+    the scoring time, and the whole pause is what the ETA counts per evaluation still to come."""
     cfg = state.cfg
+    paused = time.perf_counter()
+    state.window_seconds += paused - state.window_start
     state.last_cm = evaluate(state.model, state.val_loader, num_classes=state.train_ds.num_classes,
                              device=state.device, progress=not state.bar.disable, amp=cfg["amp"],
                              channels_last=cfg["channels_last"])
+    eval_sec = time.perf_counter() - paused
     state.last_val = state.last_cm.summary(state.train_ds.classes)
     improved = state.last_val["miou"] > state.best_miou
     state.best_miou = max(state.best_miou, state.last_val["miou"])
-    state.log.record({"type": "val", "iter": state.iteration, **state.last_val})
+    state.log.record({"type": "val", "iter": state.iteration, **state.last_val, "eval_sec": eval_sec})
     state.log.print(f"eval at iter {state.iteration}: mIoU {100 * state.last_val['miou']:.2f}  pixel accuracy "
-                    f"{100 * state.last_val['pixel_accuracy']:.2f}  (best {100 * state.best_miou:.2f})")
+                    f"{100 * state.last_val['pixel_accuracy']:.2f}  (best {100 * state.best_miou:.2f})  "
+                    f"eval {eval_sec:.1f}s")
     save(state, best=improved)
     if state.info.is_main:
         plot_curves(state.log.path, state.run_dir / "curves.png")
-    state.window_start = time.time()
+        if state.log.board is not None:
+            state.log.images("val", draw_validation(state), state.iteration)
+    state.window_start = time.perf_counter()
+    state.last_eval_seconds = state.window_start - paused
+    state.eval_seconds += state.last_eval_seconds
 
 
-def _save_vis(state: RunState) -> None:
-    """``vis/val_<i>.png``: image | ground truth | prediction, with a legend of the classes shown."""
-    model, dataset, out_dir = state.model.eval(), state.val_ds, state.run_dir / "vis"
-    for i in range(min(state.cfg["num_vis"], len(dataset))):
-        image, mask = dataset.load(i)
-        x = normalize(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))))[None].to(state.device)
-        with torch.no_grad():
-            pred = predict_probs(model, x, amp=state.cfg["amp"]).argmax(1)[0].cpu().numpy().astype(np.uint8)
-        labels = sorted(set(np.unique(pred).tolist()) | (set(np.unique(mask).tolist()) - {255}))
-        row = np.concatenate([image, overlay(image, mask, dataset.palette, num_classes=dataset.num_classes),
-                              overlay(image, pred, dataset.palette, num_classes=dataset.num_classes)], axis=1)
-        save_png(out_dir / f"val_{i:03d}.png", add_legend(row, dataset.classes, dataset.palette, labels=labels))
+def draw_validation(state: RunState) -> List[np.ndarray]:
+    """Figures (image | ground truth | prediction, captioned, with a legend) of the first ``num_vis`` validation
+    images; the model's train/eval mode is restored afterwards."""
+    model, dataset, figures = state.model, state.val_ds, []
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(min(state.cfg["num_vis"], len(dataset))):
+            image, mask = dataset.load(i)
+            x = normalize(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))))[None].to(state.device)
+            with torch.no_grad():
+                probs = predict_probs(model, x, amp=state.cfg["amp"], channels_last=state.cfg["channels_last"])
+            pred = probs.argmax(1)[0].cpu().numpy().astype(np.uint8)
+            figures.append(comparison(image, mask, pred, dataset.classes, dataset.palette))
+    finally:
+        model.train(was_training)
+    return figures
 
 
 def finish(state: RunState) -> Dict[str, Any]:
-    """Print the per-class table, draw ``vis/`` and return the final metrics and the run folder."""
+    """Print the per-class table, draw ``vis/val_<i>.png`` and return the final metrics and the run folder."""
     if state.info.is_main:
         state.log.print(format_table(state.last_cm, state.train_ds.classes))
-        _save_vis(state)
+        for i, figure in enumerate(draw_validation(state)):
+            save_png(state.run_dir / "vis" / f"val_{i:03d}.png", figure)
     last = state.last_val
-    state.log.print(f"done in {fmt_time(time.time() - state.started)}: final mIoU {100 * last['miou']:.2f}, best "
-                    f"{100 * state.best_miou:.2f}; run folder {state.run_dir}")
+    state.log.print(f"done in {fmt_time(time.perf_counter() - state.started)} (training {fmt_time(state.train_seconds)}"
+                    f", evaluations and checkpoints {fmt_time(state.eval_seconds)}): final mIoU "
+                    f"{100 * last['miou']:.2f}, best {100 * state.best_miou:.2f}; run folder {state.run_dir}")
     return {"run_dir": str(state.run_dir), "iteration": state.iteration, "miou": last["miou"],
             "best_miou": state.best_miou, "pixel_accuracy": last["pixel_accuracy"], "iou": last["iou"]}
 
@@ -409,39 +517,88 @@ def finish(state: RunState) -> Dict[str, Any]:
 # -------------------------------------------------------------------------------------------------- loop
 
 
+def interrupt(state: RunState, signum: int) -> None:
+    """Save ``last.pt`` at the current iteration (between two steps) and raise :class:`TrainingInterrupted`."""
+    if state.iteration and state.last_saved != state.iteration:
+        save(state, best=False)
+    saved = f"saved {state.run_dir / 'last.pt'}" if state.iteration else "nothing to save yet"
+    raise TrainingInterrupted(
+        f"{signal.Signals(signum).name} at iteration {state.iteration}/{state.max_iters}: {saved}; continue with "
+        f"--resume {state.run_dir}", signum, report=state.info.is_main)
+
+
+def _stopped_at_once(state: Optional[RunState]) -> str:
+    if state is None:
+        return "interrupted while the run was starting"
+    kept = (f"last.pt from iteration {state.last_saved} is kept" if state.last_saved is not None
+            else "no checkpoint was written yet")
+    return (f"stopped at once during iteration {state.iteration + 1}/{state.max_iters} ({kept}); continue with "
+            f"--resume {state.run_dir}")
+
+
+def _batches(state: RunState, stop: StopOnSignal) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """The loader's batches. A terminal's Ctrl-C also reaches loader workers that do not share our handler
+    (a spawn or forkserver start) and ends them; the loader's error then means "stop", and the run is whole."""
+    batches = iter(state.train_loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception:
+            if stop.signum is None:
+                raise
+            interrupt(state, stop.signum)
+        yield batch
+
+
 def _run(state: RunState) -> Dict[str, Any]:
     cfg = state.cfg
     show_bars = cfg["progress"] if cfg["progress"] is not None else sys.stderr.isatty()
     state.bar = tqdm(total=state.max_iters, initial=state.iteration, desc="train", dynamic_ncols=True,
                      disable=not (show_bars and state.info.is_main), file=sys.stderr)
-    state.window_start = time.time()
     epoch, offset = divmod(state.iteration, state.iters_per_epoch)
     state.ddp.train()
-    while not state.done:
-        state.sampler.set_epoch(epoch, start=offset * cfg["batch_size"])
-        for images, masks in state.train_loader:
-            log_step(state, train_step(state, images, masks))
-            state.bar.update(1)
-            if state.iteration % state.eval_interval == 0 or state.done:
-                evaluate_and_save(state)
-            elif state.iteration % state.ckpt_interval == 0:
-                save(state, best=False)
-            if state.done:
-                break
-        epoch, offset = epoch + 1, 0
-    state.bar.close()
-    return finish(state)
+    with StopOnSignal() as stop:
+        state.window_start = time.perf_counter()
+        while not state.done:
+            state.sampler.set_epoch(epoch, start=offset * cfg["batch_size"])
+            for images, masks in _batches(state, stop):
+                log_step(state, train_step(state, images, masks))
+                state.bar.update(1)
+                if state.iteration % state.eval_interval == 0 or state.done:
+                    evaluate_and_save(state)
+                elif state.iteration % state.ckpt_interval == 0:
+                    save(state, best=False)
+                signum = stop.requested(distributed=state.info.distributed, device=state.device)
+                if signum and not state.done:
+                    interrupt(state, signum)
+                if state.done:
+                    break
+            epoch, offset = epoch + 1, 0
+        state.bar.close()
+        return finish(state)
 
 
 def train(config: Mapping[str, Any], *, checkpoint: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """Run training as ``config`` (``tools.train_seg``'s keys) says; returns the final metrics and the run folder.
 
     ``checkpoint`` (with ``config["resume"]``) continues a run; ``tools.train_seg.resolve_config`` prepares both.
+
+    Raises:
+        TrainingInterrupted: SIGINT or SIGTERM stopped the run (``last.pt`` saved at the current iteration), or
+            a second one stopped it at once.
     """
     cfg = dict(config)
     check_config(cfg)
     info = dist_utils.init_distributed(cfg["device"])
+    state: Optional[RunState] = None
     try:
-        return _run(setup(cfg, info, checkpoint))
+        state = setup(cfg, info, checkpoint)
+        return _run(state)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(_stopped_at_once(state), signal.SIGINT, report=info.is_main) from None
     finally:
+        if state is not None:
+            state.log.close()
         dist_utils.cleanup()
