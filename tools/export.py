@@ -1,16 +1,32 @@
-"""Export a trained segmentation model (or any registered backbone) to ONNX or TorchScript, and verify it.
+"""Export a trained segmentation model (or any registered backbone) to ONNX, OpenVINO IR or TorchScript, and
+verify it.
 
 Examples::
 
-    python -m tools.export --checkpoint runs/voc/best.pt --format onnx --deploy --output model.onnx
+    python -m tools.export --checkpoint runs/voc/best.pt --format onnx                  # runs/voc/best.onnx
+    python -m tools.export --checkpoint runs/voc/best.pt --format onnx --precision int8 # best.int8.onnx
+    python -m tools.export --checkpoint runs/voc/best.pt --format openvino --precision bf16  # best.bf16.xml/.bin
+    python -m tools.export --checkpoint runs/voc/best.pt --format torchscript --deploy  # best.deploy.ts
     python -m tools.export --model resnet50 --head deeplabv3plus --num-classes 21 --format onnx
-    python -m tools.export --model resnet18 --format torchscript --output resnet18.pt
+
+Default output names derive from the checkpoint (or the model name): ``<stem>[.deploy][.bf16|.int8]`` with the
+format's suffix (``.onnx``, ``.xml`` + ``.bin``, ``.ts``); an export never writes over its checkpoint. Files
+are written to a temporary folder beside the output, verified there, and only then moved into place, so a
+failed export (error, or a verification beyond tolerance) leaves nothing behind.
 
 ONNX files have dynamic batch, height and width (``torch.onnx.export`` with ``dynamo=True``, opset 18 by
-default); heights and widths from ``--min-size`` up are accepted. After writing, the file is run with ONNX Runtime
-(or reloaded with ``torch.jit.load``) at several input sizes and compared with the eager PyTorch model, the
-original one even with ``--deploy``, so a passing check covers both the folding and the export. The command
-fails (exit status 1) when the relative error exceeds ``--tolerance`` (1e-4).
+default). OpenVINO IRs are converted from that ONNX file (``openvino.convert_model``), weights in fp32.
+``--precision bf16`` is an OpenVINO compile hint (``INFERENCE_PRECISION_HINT``), not a weight format: the IR is
+the fp32 one with ``bf16`` recorded in its ``rt_info``, and ``--engine openvino`` (``load_engine``) compiles it
+with that hint; any fp32 ``.onnx`` or ``.xml`` runs in bf16 with ``--engine openvino --precision bf16`` too.
+``--precision int8`` is post-training static quantization (QDQ: per-channel int8 weights, per-tensor uint8
+activations) calibrated on ``--calib-images`` images of the run's own training split
+(:func:`tools.runtime.quantize.calibration_batches`).
+
+Verification compares the written file, run by its engine (ONNX Runtime for ``.onnx``, OpenVINO for ``.xml``),
+with the eager PyTorch model (the original one even with ``--deploy``) on random inputs of several sizes:
+relative error within ``--tolerance`` (1e-4 in fp32, 5e-2 in bf16). An int8 file is compared on calibration
+images instead: the Pearson correlation of its logits with the eager ones must reach 0.9.
 """
 
 from __future__ import annotations
@@ -19,19 +35,29 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+from torch import nn
 
 from backbones import deploy
 
 from .bench.profiling import parse_size
 from .engine.cli import add_list_argument, run_cli
 from .engine.model import build_named_model, model_from_checkpoint
-from .runtime.export import export_onnx, export_torchscript
-from .runtime.verify import onnx_runner, torchscript_runner, verify
+from .runtime.engines import PRECISIONS, cpu_supports_bf16, load_engine
+from .runtime.export import Staging, add_onnx_metadata, export_onnx, export_openvino, export_torchscript
+from .runtime.quantize import QUANTIZERS, calibration_batches, quantize_onnx
+from .runtime.verify import agreement, as_list, verify
 
-__all__ = ["parse_args", "run", "main"]
+__all__ = ["parse_args", "run", "main", "default_output"]
+
+FORMATS = {"onnx": ".onnx", "openvino": ".xml", "torchscript": ".ts"}
+ENGINE_OF_FORMAT = {"onnx": "onnxruntime", "openvino": "openvino", "torchscript": "torch"}
+TOLERANCE = {"fp32": 1e-4, "bf16": 5e-2}
+# An int8 file whose logits correlate less than this with the fp32 model's is broken, not merely less exact.
+INT8_MIN_CORRELATION = 0.9
+INT8_CHECK_IMAGES = 8
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -42,65 +68,183 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     src.add_argument("--head", default=None, help="with --model: a segmentation head")
     src.add_argument("--num-classes", type=int, default=19)
     src.add_argument("--output-stride", type=int, default=32, choices=(8, 16, 32))
-    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
-    p.add_argument("--output", default=None, help="file to write (default: next to the checkpoint, or ./<model>)")
+    p.add_argument("--format", choices=tuple(FORMATS), default="onnx")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="bf16: openvino only (a compile hint recorded in the IR); int8: onnx or openvino, "
+                        "calibrated on the run's training images")
+    p.add_argument("--output", default=None,
+                   help="file to write (default: <checkpoint stem>[.deploy][.bf16|.int8].<onnx|xml|ts> beside the "
+                        "checkpoint, or ./<model> with the same tail)")
     p.add_argument("--deploy", action="store_true", help="export the deploy() copy (BatchNorm folded)")
     p.add_argument("--size", default="512x512", help="example input HxW used for tracing")
     p.add_argument("--opset", type=int, default=18)
     p.add_argument("--external-data", action="store_true", help="weights in <output>.data (models > 2 GiB)")
     p.add_argument("--min-size", type=int, default=64, help="smallest height/width the ONNX file accepts")
-    add_list_argument(p, "--verify-sizes", default=None,
+    q = p.add_argument_group("int8")
+    q.add_argument("--calib-images", type=int, default=300,
+                   help="training images to calibrate on (all of them when the split is smaller)")
+    q.add_argument("--calib-seed", type=int, default=0, help="which images, and where they are cropped")
+    q.add_argument("--calib-root", default=None, help="the run's dataset folder, if it moved since training")
+    q.add_argument("--quantizer", choices=QUANTIZERS, default="ort",
+                   help="ort: ONNX Runtime quantize_static (MinMax); nncf: NNCF with fast bias correction")
+    add_list_argument(q, "--keep-fp32", default=[], help="Conv node names to leave unquantized")
+    v = p.add_argument_group("verification")
+    add_list_argument(v, "--verify-sizes", default=None,
                       help="HxW sizes to check, e.g. 512x512,300x400 (default: --size and an odd size)")
-    p.add_argument("--tolerance", type=float, default=1e-4)
-    p.add_argument("--no-verify", action="store_true")
+    v.add_argument("--tolerance", type=float, default=None, help="relative error; unset: 1e-4 fp32, 5e-2 bf16")
+    v.add_argument("--no-verify", action="store_true")
     return p.parse_args(argv)
+
+
+def default_output(args: argparse.Namespace) -> Path:
+    """``best.pt`` -> ``best[.deploy][.bf16|.int8].<suffix>`` beside it; ``--model`` -> the same in ``./``."""
+    tail = (".deploy" if args.deploy else "") + ("" if args.precision == "fp32" else f".{args.precision}")
+    if args.checkpoint:
+        ckpt = Path(args.checkpoint)
+        return ckpt.with_name(ckpt.stem + tail + FORMATS[args.format])
+    return Path(args.model + (f"_{args.head}" if args.head else "") + tail + FORMATS[args.format])
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    if not args.checkpoint and not args.model:
+        raise ValueError("give --checkpoint, or --model (and optionally --head) to export a fresh model")
+    if args.precision == "bf16" and args.format != "openvino":
+        other = ("ONNX Runtime has no bf16 CPU kernels: export --format openvino --precision bf16, or run the fp32 "
+                 ".onnx with --engine openvino --precision bf16") if args.format == "onnx" else \
+            "TorchScript files are fp32: use --format openvino --precision bf16, or --engine torch --precision bf16"
+        raise ValueError(f"--precision bf16 with --format {args.format}: {other}")
+    if args.precision == "int8":
+        if args.format == "torchscript":
+            raise ValueError("--precision int8 needs --format onnx or openvino (TorchScript files are fp32)")
+        if not args.checkpoint:
+            raise ValueError("--precision int8 calibrates on the run's training images: give --checkpoint "
+                             "(a --model with random weights has no dataset to calibrate on)")
+    if args.precision == "bf16" and not args.no_verify and not cpu_supports_bf16("openvino"):
+        raise ValueError("--precision bf16: this CPU has no native bf16 (AVX-512 BF16 or AMX), so the IR cannot be "
+                         "verified here; use --precision fp32 or int8, or --no-verify to write it for another machine")
+    if args.calib_images < 1:
+        raise ValueError(f"--calib-images must be >= 1, got {args.calib_images}")
+
+
+def _output_path(args: argparse.Namespace) -> Path:
+    out = Path(args.output) if args.output else default_output(args)
+    suffix = FORMATS[args.format]
+    if out.suffix.lower() != suffix:
+        raise ValueError(f"--output {str(out)!r}: a --format {args.format} file must end in {suffix} (the tools "
+                         f"tell files apart by suffix)")
+    written = [out] + ([out.with_suffix(".bin")] if args.format == "openvino" else []) + \
+        ([out.with_name(out.name + ".data")] if args.external_data else [])
+    if args.checkpoint:
+        ckpt = Path(args.checkpoint).resolve()
+        for path in written:
+            if path.resolve() == ckpt:
+                raise ValueError(f"--output {str(out)!r} would overwrite the checkpoint {args.checkpoint!r}; choose "
+                                 f"another --output (default: {default_output(args).name})")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"--output folder {str(out.parent)!r} does not exist")
+    return out
+
+
+def _load_model(args: argparse.Namespace) -> Tuple[nn.Module, Optional[Dict[str, Any]]]:
+    if args.checkpoint:
+        return model_from_checkpoint(args.checkpoint)
+    name = f"{args.model}+{args.head}" if args.head else args.model
+    return build_named_model(name, output_stride=args.output_stride, num_classes=args.num_classes).eval(), None
 
 
 def run(argv: Optional[List[str]] = None) -> int:
     """Export and verify as ``argv`` says; returns the exit status (1 when verification fails)."""
     args = parse_args(argv)
+    _check_options(args)
     height, width = parse_size(args.size)
     if min(height, width) <= args.min_size:
         raise ValueError(f"--size {height}x{width} must exceed --min-size {args.min_size} on both sides")
     checks = ([parse_size(s) for s in args.verify_sizes] if args.verify_sizes
               else [(height, width), (height // 2 + 17, width // 2 + 31)])
-    if args.checkpoint:
-        model, _ = model_from_checkpoint(args.checkpoint)
-    elif args.model:
-        name = f"{args.model}+{args.head}" if args.head else args.model
-        model = build_named_model(name, output_stride=args.output_stride, num_classes=args.num_classes).eval()
-    else:
-        raise ValueError("give --checkpoint, or --model (and optionally --head) to export a fresh model")
-    suffix = ".onnx" if args.format == "onnx" else ".pt"
-    if args.output:
-        out = Path(args.output)
-    elif args.checkpoint:
-        out = Path(args.checkpoint).with_suffix(suffix)
-    else:
-        out = Path(args.model + (f"_{args.head}" if args.head else "") + suffix)
+    out = _output_path(args)
+    model, checkpoint = _load_model(args)
+    calibration = None
+    if args.precision == "int8":
+        calibration = calibration_batches(checkpoint, num_images=args.calib_images, seed=args.calib_seed,
+                                          root=args.calib_root)
+    metadata: Dict[str, Any] = {"precision": args.precision, "deploy": args.deploy,
+                                "source": Path(args.checkpoint).name if args.checkpoint else args.model}
+    if checkpoint is not None:
+        metadata["classes"] = list(checkpoint["classes"])
     exported = deploy(model) if args.deploy else model
     start = time.time()
+    with Staging(out) as stage:
+        entry = stage.path(out.name)
+        details = _write(args, exported, entry, stage, calibration, metadata, example=(height, width))
+        names = _companions(args, out, stage) + [out.name]
+        size = sum(stage.path(n).stat().st_size for n in names) / 2**20
+        what = "deployed " if args.deploy else ""
+        print(f"built {out.name} ({size:.1f} MiB): {what}{type(model).__name__} as {args.format} {args.precision}"
+              f"{details}, in {time.time() - start:.1f} s")
+        if not args.no_verify and not _verify(args, model, entry, checks, calibration):
+            print(f"verification failed: nothing written to {out}")
+            return 1
+        stage.commit(names)
+    print(f"wrote {out}" + "".join(f" + {n}" for n in names[:-1]))
+    return 0
+
+
+def _companions(args: argparse.Namespace, out: Path, stage: Staging) -> List[str]:
+    """The files written beside the entry file: an IR's weights, ONNX external data."""
+    names = [out.with_suffix(".bin").name] if args.format == "openvino" else []
+    if args.format == "onnx" and stage.path(out.name + ".data").exists():
+        names.append(out.name + ".data")
+    return names
+
+
+def _write(args: argparse.Namespace, model: nn.Module, entry: Path, stage: Staging,
+           calibration: Optional[List[torch.Tensor]], metadata: Dict[str, Any], *, example: Tuple[int, int]) -> str:
+    """Write the export to ``entry`` in the staging folder; returns details for the report line."""
+    if args.format == "torchscript":
+        export_torchscript(model, str(entry))
+        return ""
+    onnx_file = entry if args.format == "onnx" and args.precision != "int8" else stage.path("fp32.onnx")
+    export_onnx(model, str(onnx_file), example=torch.randn(2, 3, *example), opset=args.opset,
+                min_size=args.min_size, external_data=args.external_data)
+    details = f", opset {args.opset}, dynamic batch/height/width >= {args.min_size}"
+    if args.precision == "int8":
+        quantized = entry if args.format == "onnx" else stage.path("int8.onnx")
+        report = quantize_onnx(onnx_file, quantized, calibration, method=args.quantizer, keep_fp32=args.keep_fp32,
+                               external_data=args.external_data)
+        metadata.update(quantizer=report.method, calibration_images=report.calibration_images,
+                        kept_fp32=report.kept_fp32)
+        details += (f", {report.quantized_convs} convolutions in int8 ({report.method}, calibrated on "
+                    f"{report.calibration_images} training images), in fp32: "
+                    f"{', '.join(report.kept_fp32) or 'none'}")
+        onnx_file = quantized
     if args.format == "onnx":
-        export_onnx(exported, str(out), example=torch.randn(2, 3, height, width), opset=args.opset,
-                    min_size=args.min_size, external_data=args.external_data)
+        add_onnx_metadata(str(entry), metadata)
     else:
-        export_torchscript(exported, str(out))
-    what = "deployed " if args.deploy else ""
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB): {what}{type(model).__name__} as {args.format}"
-          + (f", opset {args.opset}, dynamic batch/height/width >= {args.min_size}" if args.format == "onnx" else "")
-          + f", in {time.time() - start:.1f} s")
-    if args.no_verify:
-        return 0
-    runner = onnx_runner(str(out)) if args.format == "onnx" else torchscript_runner(str(out))
-    shapes = [(b, 3, h, w) for (h, w) in checks for b in (1, 2)]
-    results = verify(model, runner, shapes)
+        export_openvino(str(onnx_file), str(entry), metadata=metadata)
+    return details
+
+
+def _verify(args: argparse.Namespace, model: nn.Module, entry: Path, checks: List[Tuple[int, int]],
+            calibration: Optional[List[torch.Tensor]]) -> bool:
+    engine = load_engine(entry, engine=ENGINE_OF_FORMAT[args.format], precision=args.precision)
+    runner = as_list(engine)
+    if args.precision == "int8":
+        assert calibration is not None
+        images = calibration[:INT8_CHECK_IMAGES]
+        r, same = agreement(model, runner, images)
+        good = r >= INT8_MIN_CORRELATION
+        print(f"  {'ok  ' if good else 'FAIL'} {engine.kind} int8 against eager PyTorch on {len(images)} calibration "
+              f"images: logits correlation {r:.4f} (minimum {INT8_MIN_CORRELATION}), same argmax at "
+              f"{100 * same:.1f}% of pixels")
+        return good
+    tolerance = args.tolerance if args.tolerance is not None else TOLERANCE[args.precision]
     ok = True
-    for shape, err in results:
-        good = err <= args.tolerance
+    for shape, err in verify(model, runner, [(b, 3, h, w) for (h, w) in checks for b in (1, 2)]):
+        good = err <= tolerance
         ok &= good
-        print(f"  {'ok  ' if good else 'FAIL'} input {'x'.join(map(str, shape))}: relative error {err:.1e} "
-              f"against eager PyTorch (tolerance {args.tolerance:g})")
-    return 0 if ok else 1
+        print(f"  {'ok  ' if good else 'FAIL'} {engine.kind} {args.precision} input {'x'.join(map(str, shape))}: "
+              f"relative error {err:.1e} against eager PyTorch (tolerance {tolerance:g})")
+    return ok
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -8,7 +8,8 @@ from backbones import build_backbone, deploy
 from heads import build_segmentor
 from tools.export import main
 from tools.runtime.export import export_onnx
-from tools.runtime.verify import onnx_runner, torchscript_runner, verify
+from tools.runtime.engines import load_engine
+from tools.runtime.verify import as_list, verify
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -38,7 +39,7 @@ def test_onnx_round_trip_at_two_sizes(kind, deployed, tmp_path, randomize):
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     assert all(d.dim_param for d in (dims[0], dims[2], dims[3])), "batch, height and width must be dynamic"
     # Compared with the *original* eager model, so a deployed export also checks the folding.
-    for shape, err in verify(model, onnx_runner(path), CHECK_SHAPES):
+    for shape, err in verify(model, as_list(load_engine(path, engine="onnxruntime")), CHECK_SHAPES):
         assert err < 1e-4, (shape, err)
 
 
@@ -77,14 +78,18 @@ def test_export_command_from_checkpoint(tmp_path, randomize, capsys):
     config = {"backbone": "resnet18", "head": "fcn", "output_stride": 32, "norm": "bn"}
     ckpt = tmp_path / "best.pt"
     torch.save({"model": model.state_dict(), "config": config, "classes": ["a", "b", "c"]}, ckpt)
+    before = ckpt.read_bytes()
     assert main(["--checkpoint", str(ckpt), "--format", "torchscript", "--deploy", "--size", "96x128"]) == 0
     out = capsys.readouterr().out
-    assert (tmp_path / "best.pt").with_suffix(".pt").exists()
+    # The export lands beside the checkpoint under its own name; the checkpoint keeps its bytes.
+    assert ckpt.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.deploy.ts", "best.pt"]
     assert out.count("ok  ") == 4 and "FAIL" not in out
     # The written file is the deployed model: no BatchNorm left in the scripted graph.
-    scripted = torch.jit.load(str(ckpt.with_suffix(".pt")))
+    written = tmp_path / "best.deploy.ts"
+    scripted = torch.jit.load(str(written))
     assert not any("BatchNorm" in m.original_name for m in scripted.modules())
-    run = torchscript_runner(str(ckpt.with_suffix(".pt")))
+    run = as_list(load_engine(written))
     assert all(err < 1e-4 for _, err in verify(model.eval(), run, [(1, 3, 80, 72)]))
 
 

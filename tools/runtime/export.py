@@ -1,14 +1,26 @@
-"""Writing a model as an ONNX file (dynamic batch, height and width) or as TorchScript."""
+"""Writing a model as an ONNX file (dynamic batch, height and width), an OpenVINO IR or TorchScript, with what
+the export records about itself, through a staging folder so that a failed export leaves nothing behind."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
 import warnings
-from typing import List
+from pathlib import Path
+from typing import Any, List, Mapping, Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["output_names", "export_onnx", "export_torchscript"]
+from .extras import require
+
+__all__ = ["METADATA_KEY", "output_names", "export_onnx", "export_openvino", "export_torchscript",
+           "add_onnx_metadata", "Staging"]
+
+# Prefix of what an export records in the file (ONNX metadata_props, OpenVINO rt_info): classes, precision...
+METADATA_KEY = "dense_backbones"
 
 
 def output_names(model: nn.Module) -> List[str]:
@@ -27,6 +39,8 @@ def export_onnx(model: nn.Module, path: str, *, example: torch.Tensor, opset: in
     ``external_data`` puts the weights in ``<path>.data`` (needed above ONNX's 2 GiB file limit); by default
     the file is self-contained.
     """
+    require("onnx", "ONNX export")
+    require("onnxscript", "ONNX export")  # torch.onnx's dynamo exporter writes the graph with it
     if opset < 17:
         raise ValueError(f"opset must be >= 17 (ONNX's LayerNormalization/col2im era), got {opset}")
     batch = torch.export.Dim("batch", min=1)
@@ -44,3 +58,56 @@ def export_torchscript(model: nn.Module, path: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream; asked for explicitly
         torch.jit.script(model).save(path)
+
+
+def add_onnx_metadata(path: str, metadata: Mapping[str, Any]) -> None:
+    """Record ``metadata`` (JSON values) in the ONNX file's ``metadata_props`` as ``dense_backbones.<key>``."""
+    onnx = require("onnx", "ONNX export")
+    proto = onnx.load(path, load_external_data=False)
+    props = {p.key: p.value for p in proto.metadata_props}
+    props.update({f"{METADATA_KEY}.{k}": json.dumps(v) for k, v in metadata.items()})
+    del proto.metadata_props[:]
+    for key, value in props.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, path)  # the weights, if external, stay in their own file, which this does not touch
+
+
+def export_openvino(onnx_path: str, xml_path: str, *, metadata: Mapping[str, Any]) -> None:
+    """Convert the ONNX file to an OpenVINO IR (``xml_path`` and the ``.bin`` beside it), weights kept in fp32
+    (``save_model`` would halve them to fp16 by default), ``metadata`` recorded in the IR's ``rt_info``."""
+    ov = require("openvino", "OpenVINO export")
+    model = ov.convert_model(onnx_path)
+    for key, value in metadata.items():
+        model.set_rt_info(json.dumps(value), [METADATA_KEY, key])
+    ov.save_model(model, xml_path, compress_to_fp16=False)
+
+
+class Staging:
+    """A temporary folder beside the final files: write there under the final names, then :meth:`commit`.
+
+    Files keep their final names inside the folder, so references between them (an IR's ``.bin``, ONNX external
+    data) stay valid after the move. ``commit`` moves them with ``os.replace`` (atomic per file), companions
+    first and the entry file last; leaving the ``with`` block removes whatever was not committed.
+    """
+
+    def __init__(self, final: Path) -> None:
+        self.final = Path(final)
+        self.dir = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", suffix=".tmp", dir=self.final.parent))
+
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def commit(self, names: Sequence[str]) -> List[Path]:
+        """Move ``names`` (the entry file last) from the staging folder to the final folder."""
+        moved = []
+        for name in names:
+            target = self.final.parent / name
+            os.replace(self.dir / name, target)
+            moved.append(target)
+        return moved
+
+    def __enter__(self) -> "Staging":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,41 +1,14 @@
-"""Running an exported file and comparing it with the PyTorch model it came from."""
+"""Comparing an exported model, run by its engine (:func:`tools.runtime.engines.load_engine`), with the PyTorch
+model it came from."""
 
 from __future__ import annotations
 
-import warnings
-from typing import Callable, List, Sequence, Tuple
+from typing import Any, Callable, List, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from ..engine.cli import MissingExtra
-
-__all__ = ["onnx_runner", "torchscript_runner", "verify"]
-
-
-def onnx_runner(path: str) -> Callable[[torch.Tensor], List[torch.Tensor]]:
-    """Run the ONNX file with ONNX Runtime's CPU provider."""
-    try:
-        import onnxruntime as ort
-    except ImportError as err:
-        raise MissingExtra(f"verifying needs onnxruntime (pip install onnxruntime), or pass --no-verify: {err}") \
-            from None
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda x: [torch.from_numpy(o) for o in session.run(None, {name: x.numpy()})]
-
-
-def torchscript_runner(path: str) -> Callable[[torch.Tensor], List[torch.Tensor]]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        scripted = torch.jit.load(path, map_location="cpu").eval()
-
-    def run(x: torch.Tensor) -> List[torch.Tensor]:
-        with torch.no_grad():
-            out = scripted(x)
-        return list(out) if isinstance(out, (list, tuple)) else [out]
-
-    return run
+__all__ = ["as_list", "verify", "agreement"]
 
 
 def verify(reference: nn.Module, run: Callable[[torch.Tensor], List[torch.Tensor]],
@@ -58,3 +31,31 @@ def verify(reference: nn.Module, run: Callable[[torch.Tensor], List[torch.Tensor
                   for o, r in zip(outs, refs))
         results.append((shape, err))
     return results
+
+
+def as_list(engine: Callable[[torch.Tensor], Any]) -> Callable[[torch.Tensor], List[torch.Tensor]]:
+    """``engine`` (one tensor or a list of them per call) as a runner that always returns a list."""
+    def run(x: torch.Tensor) -> List[torch.Tensor]:
+        out = engine(x)
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+    return run
+
+
+def agreement(reference: nn.Module, run: Callable[[torch.Tensor], List[torch.Tensor]],
+              images: Sequence[torch.Tensor]) -> Tuple[float, float]:
+    """How closely ``run`` follows ``reference`` on real ``images`` (a list of ``(N, C, H, W)`` batches): the
+    Pearson correlation of all first-output values, and the fraction of pixels with the same argmax class."""
+    ours, refs = [], []
+    same = total = 0
+    for x in images:
+        with torch.no_grad():
+            ref = reference(x)
+        ref = (ref[0] if isinstance(ref, (list, tuple)) else ref).float()
+        out = run(x)[0].float()
+        ours.append(out.flatten())
+        refs.append(ref.flatten())
+        same += int((out.argmax(1) == ref.argmax(1)).sum())
+        total += out[:, 0].numel()
+    r = torch.corrcoef(torch.stack([torch.cat(ours), torch.cat(refs)]))[0, 1]
+    return float(r), same / max(total, 1)
