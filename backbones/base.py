@@ -10,9 +10,24 @@ from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
 import torch
+import torch.fx
 from torch import nn
 
-__all__ = ["FeatureSpec", "FeatureInfo", "Backbone"]
+__all__ = ["FeatureSpec", "FeatureInfo", "Backbone", "is_symbolic_tracing"]
+
+
+def is_symbolic_tracing() -> bool:
+    """True while ``torch.fx.symbolic_trace`` (or torchvision's feature extraction, FX quantization) traces.
+
+    The traced values are then ``Proxy`` objects, on which input checks cannot run; the traced graph runs
+    without them. torch.export and torch.compile trace with (fake) tensors, so the checks run there.
+    """
+    return _fx_symbolic_tracing()
+
+
+_fx = torch.fx._symbolic_trace
+# is_fx_symbolic_tracing appeared in torch 2.5; before, only is_fx_tracing (also true under torch.export).
+_fx_symbolic_tracing = getattr(_fx, "is_fx_symbolic_tracing", _fx.is_fx_tracing)
 
 
 @dataclass(frozen=True)
@@ -119,20 +134,33 @@ class Backbone(nn.Module):
         return max(self.feature_info.strides)
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise ``ValueError`` unless ``x`` is an ``(N, in_chans, H, W)`` floating tensor."""
+        """Raise ``TypeError``/``ValueError`` unless ``x`` is a non-empty ``(N, in_chans, H, W)`` floating tensor
+        of the weights' dtype; skipped while ``torch.fx`` traces (``x`` is then a ``Proxy``)."""
+        if is_symbolic_tracing():
+            return
+        name = type(self).__name__
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{type(self).__name__} expects a torch.Tensor, got {type(x).__name__}")
+            raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4:
-            raise ValueError(
-                f"{type(self).__name__} expects a 4-D (N, C, H, W) tensor, got shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"{name} expects a 4-D (N, C, H, W) tensor, got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_chans:
             raise ValueError(
-                f"{type(self).__name__} expects {self.in_chans} input channels, got {x.shape[1]} "
+                f"{name} expects {self.in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)})"
+            )
+        if x.shape[2] == 0 or x.shape[3] == 0:
+            raise ValueError(
+                f"{name} expects an image of at least 1x1 pixels, got {x.shape[2]}x{x.shape[3]} "
                 f"(input shape {tuple(x.shape)})"
             )
         if not x.is_floating_point():
-            raise TypeError(f"{type(self).__name__} expects a floating-point tensor, got {x.dtype}")
+            raise TypeError(f"{name} expects a floating-point tensor, got {x.dtype}")
+        if x.dtype == torch.float64:
+            weight = next(self.parameters(), None)
+            if weight is not None and weight.dtype != torch.float64:
+                raise TypeError(
+                    f"{name} got a torch.float64 input but its weights are {weight.dtype}; convert the input "
+                    f"with x.float() (or the model with .double())"
+                )
 
     def output_shapes(self, height: int, width: int) -> List[Tuple[int, int, int]]:
         """The ``(C, h, w)`` of each output for an ``H x W`` input, without running the network."""

@@ -6,13 +6,14 @@ torchvision and timm ImageNet checkpoints load with ``strict=True`` once the cla
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Type, Union
+import contextlib
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple, Type, Union
 
 import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from .base import Backbone, FeatureInfo, FeatureSpec
+from .base import Backbone, FeatureInfo, FeatureSpec, is_symbolic_tracing
 from .norm import get_norm_layer
 from .registry import check_kwargs, register_backbone
 from .weights import load_pretrained
@@ -109,6 +110,22 @@ class Bottleneck(nn.Module):
 Block = Union[Type[BasicBlock], Type[Bottleneck]]
 
 
+@contextlib.contextmanager
+def _running_stats_kept(module: nn.Module) -> Iterator[None]:
+    """Restore the BatchNorm running statistics (and step counts) of ``module`` on exit."""
+    norms = [m for m in module.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    saved = [(m, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, mean, var, count in saved:
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+
+
 class Stage(nn.Sequential):
     """A sequence of blocks (``layer1``...``layer4``) that can recompute its activations in backward.
 
@@ -121,10 +138,19 @@ class Stage(nn.Sequential):
 
     @torch.jit.unused
     def _checkpointed(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.utils.checkpoint.checkpoint(super().forward, x, use_reentrant=False)
+        # The recomputation in backward re-runs every BatchNorm in training mode; without this context it would
+        # update the running statistics a second time per step.
+        return torch.utils.checkpoint.checkpoint(
+            super().forward, x, use_reentrant=False,
+            context_fn=lambda: (contextlib.nullcontext(), _running_stats_kept(self)))
+
+    @torch.jit.unused
+    def _checkpointing(self) -> bool:
+        return (self.grad_checkpointing and self.training and torch.is_grad_enabled()
+                and not is_symbolic_tracing())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting() and self.grad_checkpointing and self.training and torch.is_grad_enabled():
+        if not torch.jit.is_scripting() and self._checkpointing():
             return self._checkpointed(x)
         for block in self:
             x = block(x)
@@ -146,11 +172,15 @@ class ResNet(Backbone):
             one entry per block of layer4. With it, every block of layer4 uses ``dilation * multi_grid[i]``.
         norm: ``"bn"``, ``"frozen_bn"``, ``"sync_bn"`` or ``"gn"`` (GroupNorm, 32 groups).
         frozen_stages: -1 freezes nothing, 0 the stem, k the stem and layer1..k: no gradients, norms in eval.
+            Re-applied by every ``train()``/``eval()`` call, like ``norm_eval``, so a blanket
+            ``requires_grad_(True)`` (smp's ``unfreeze_encoder()``) lasts only until then; lower
+            ``frozen_stages`` (the attribute) and re-enable gradients to unfreeze for good.
         norm_eval: keep every BatchNorm in eval mode during training (statistics not updated).
         zero_init_residual: zero the last norm's weight in each block, so each block starts as identity.
         in_chans: number of input channels.
         checkpoint_stages: recompute each stage's activations in the backward pass (activation
-            checkpointing) to cut training memory; no effect in eval mode.
+            checkpointing) to cut training memory; no effect in eval mode. BatchNorm running statistics are
+            updated once per step, as without it (the recomputation restores them).
 
     Shape:
         input ``(N, in_chans, H, W)`` for any ``H, W >= 1``; output ``i`` is
@@ -169,7 +199,9 @@ class ResNet(Backbone):
         if not isinstance(in_chans, int) or in_chans < 1:
             raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
         num_stages = STAGE_STRIDES.index(max(out_strides))  # 0 = stem only, 4 = up to layer4
-        if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= num_stages:
+        # bool is an int subclass: frozen_stages=True would silently mean 1.
+        if (isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int)
+                or not -1 <= frozen_stages <= num_stages):
             raise ValueError(
                 f"frozen_stages must be an int from -1 (nothing) to {num_stages} (the deepest stage built for "
                 f"out_strides={out_strides}), got {frozen_stages!r}"
@@ -272,8 +304,10 @@ class ResNet(Backbone):
                 p.requires_grad_(False)
 
     def train(self, mode: bool = True) -> "ResNet":
-        """Set training mode, keeping frozen stages (and every BatchNorm if ``norm_eval``) in eval."""
+        """Set training mode, keeping frozen stages (and every BatchNorm if ``norm_eval``) in eval, and their
+        parameters without gradients."""
         super().train(mode)
+        self._freeze_stages()
         if mode:
             for m in self.frozen_modules():
                 m.eval()

@@ -1,4 +1,10 @@
-"""Checkpoint loading for backbones: local files or URLs (torch.hub cache), torchvision- and timm-format.
+"""Checkpoint loading for backbones: local files, URLs (torch.hub cache), torchvision's ImageNet weights and
+timm's (Hugging Face cache), all in torchvision's parameter names.
+
+``pretrained=`` accepts ``True``/``"imagenet"`` (torchvision IMAGENET1K_V1), ``"tv2"`` (torchvision
+IMAGENET1K_V2, for the models that have it), ``"timm:<model>.<tag>"`` (timm's weights, e.g.
+``"timm:resnet50.a1_in1k"``), a URL or a local path. Without network access, a file not yet cached fails at once
+with the path to place it at.
 
 Checkpoints are read with ``torch.load(weights_only=True)`` or safetensors, so a file that needs code to
 unpickle is refused rather than executed. Every key and shape is checked *before* any tensor is copied, so a
@@ -10,7 +16,9 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import socket
 import urllib.error
+import urllib.parse
 import warnings
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -18,8 +26,9 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-__all__ = ["WEIGHT_URLS", "load_state_dict_file", "load_pretrained", "resolve_weights", "cached_path_for_url",
-           "state_dict_mismatches"]
+__all__ = ["WEIGHT_URLS", "TORCHVISION_SOURCES", "load_state_dict_file", "load_pretrained", "pretrained_file",
+           "resolve_weights", "cached_path_for_url", "torchvision_url", "timm_weights_file", "hf_weights_file",
+           "hf_cached_file", "hf_snapshot_dir", "hub_unreachable", "load_checked", "state_dict_mismatches"]
 
 # torchvision's ImageNet weights (IMAGENET1K_V1): the file names end in the SHA-256 prefix torch.hub checks.
 WEIGHT_URLS: Dict[str, str] = {
@@ -29,6 +38,14 @@ WEIGHT_URLS: Dict[str, str] = {
     "resnet101": "https://download.pytorch.org/models/resnet101-63fe2227.pth",
     "resnet152": "https://download.pytorch.org/models/resnet152-394f9c45.pth",
 }
+
+# pretrained= names for torchvision's weights of the backbone's own architecture: the members of torchvision's
+# weights enum. "imagenet" stays V1, the weights most dense-prediction papers start from.
+TORCHVISION_SOURCES: Dict[str, str] = {"imagenet": "IMAGENET1K_V1", "torchvision": "IMAGENET1K_V1",
+                                       "tv2": "IMAGENET1K_V2"}
+TIMM_PREFIX = "timm:"
+# What timm publishes per weight tag on the Hugging Face hub, in the order timm itself tries them.
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 # Wrappers that training frameworks put around a state dict, and prefixes they add to its keys.
 _CONTAINER_KEYS = ("state_dict", "model", "model_state", "net", "params")
@@ -73,6 +90,167 @@ def resolve_weights(source: Union[str, os.PathLike], *, progress: bool = True) -
     except RuntimeError as e:  # hash mismatch
         raise ValueError(f"downloaded weights from {text} are corrupt: {e}") from e
     return cached
+
+
+def pretrained_file(source: Union[bool, str, os.PathLike], *, arch: Optional[str] = None,
+                    progress: bool = True) -> Path:
+    """Local file for a ``pretrained=`` value, downloaded into the torch.hub or Hugging Face cache once.
+
+    Args:
+        source: ``True``/``"imagenet"``, ``"tv2"`` (see :data:`TORCHVISION_SOURCES`), ``"timm:<model>.<tag>"``,
+            a URL or a local path.
+        arch: the backbone's architecture (``"resnet50"``, or a torchvision/timm model name), which the named
+            sources are looked up for.
+
+    Raises:
+        ValueError: a named source that does not exist for ``arch``. ConnectionError: not cached and offline.
+    """
+    if source is True:
+        source = "imagenet"
+    if isinstance(source, bool) or not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"pretrained must be True, 'imagenet', 'tv2', 'timm:<model>.<tag>', a path or a URL, "
+                        f"got {source!r}")
+    text = os.fspath(source)
+    if text in TORCHVISION_SOURCES:
+        return resolve_weights(torchvision_url(arch, TORCHVISION_SOURCES[text]), progress=progress)
+    if text.startswith(TIMM_PREFIX):
+        return timm_weights_file(text[len(TIMM_PREFIX):], arch=arch)
+    if re.fullmatch(r"[\w-]+", text) and not Path(text).is_file():  # a bare word: a misspelt name, not a path
+        raise ValueError(f"unknown pretrained source {text!r}; accepted: True, "
+                         f"{', '.join(map(repr, TORCHVISION_SOURCES))}, 'timm:<model>.<tag>', a path or a URL")
+    return resolve_weights(text, progress=progress)
+
+
+def torchvision_url(arch: Optional[str], tag: str = "IMAGENET1K_V1") -> str:
+    """URL of torchvision's ``tag`` weights (a member of its weights enum) for model ``arch``."""
+    if tag == "IMAGENET1K_V1" and arch in WEIGHT_URLS:
+        return WEIGHT_URLS[arch]
+    import torchvision
+
+    try:
+        available = {w.name: w.url for w in torchvision.models.get_model_weights(arch)}
+    except (ValueError, TypeError, AttributeError):  # not a torchvision model
+        available = {}
+    if not available:
+        raise ValueError(f"no default weights for {arch!r}; available for: {', '.join(WEIGHT_URLS)} and "
+                         f"torchvision's other ResNets")
+    if tag not in available:
+        names = {v: k for k, v in TORCHVISION_SOURCES.items() if k != "torchvision"}
+        have = ", ".join(f"{n} (pretrained={names[n]!r})" if n in names else n for n in available)
+        raise ValueError(f"torchvision has no {tag} weights for {arch!r}, only {have}; timm has more, e.g. "
+                         f"pretrained='{TIMM_PREFIX}{arch}.a1_in1k'")
+    return available[tag]
+
+
+def timm_weights_file(name: str, *, arch: Optional[str] = None) -> Path:
+    """File of timm's weights ``name`` (``"resnet50.a1_in1k"``; no tag: timm's default), from the Hugging Face
+    cache (downloaded once from the repository timm names, ``timm/resnet50.a1_in1k``).
+
+    Args:
+        arch: the model the weights are for; a different timm model is refused before anything is downloaded.
+    """
+    import timm
+    from timm.models import split_model_name_tag
+
+    model = split_model_name_tag(name)[0]
+    if arch is not None and model != arch:
+        raise ValueError(f"pretrained='{TIMM_PREFIX}{name}' holds weights of timm's {model!r}, not of {arch!r}; "
+                         f"for {arch!r} timm has: {short_names(timm.list_pretrained(arch + '.*'), 12) or 'none'}")
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError:  # a known model with an unknown tag
+        cfg = None
+    if cfg is None or not (cfg.hf_hub_id or cfg.url):
+        known = short_names(timm.list_pretrained(model + ".*"), 12)
+        raise ValueError(f"timm has no pretrained weights {name!r}; for {model!r} it has: {known or 'none'}")
+    if not cfg.hf_hub_id:
+        return resolve_weights(cfg.url)
+    repo, _, revision = cfg.hf_hub_id.partition("@")
+    names = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else HF_WEIGHT_FILES
+    return hf_weights_file(repo, names, revision=revision or None)
+
+
+def hf_weights_file(repo_id: str, filenames: Sequence[str] = HF_WEIGHT_FILES, *,
+                    revision: Optional[str] = None) -> Path:
+    """The first of ``filenames`` that Hugging Face repository ``repo_id`` holds, from the Hugging Face cache
+    (``huggingface_hub``'s layout; downloaded once).
+
+    Offline (``HF_HUB_OFFLINE=1``, or the hub cannot be reached) a file not cached fails at once, where
+    ``huggingface_hub`` would retry for half a minute.
+
+    Raises:
+        ConnectionError: not cached and offline; the message names the URL and the path to place the file at.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    cached = hf_cached_file(repo_id, filenames, revision=revision)
+    if cached is not None:
+        return cached
+    unreachable = hub_unreachable()
+    if unreachable:
+        raise ConnectionError(
+            f"pretrained weights {repo_id} are not in the Hugging Face cache and {unreachable}. Download "
+            f"{hf_url(repo_id, filenames[0], revision)} elsewhere and place it at "
+            f"{hf_snapshot_dir(repo_id, revision) / filenames[0]} (or pass its local path as pretrained=...)."
+        )
+    for name in filenames[:-1]:
+        try:
+            return Path(hf_hub_download(repo_id, name, revision=revision))
+        except EntryNotFoundError:  # the repository has the next format only
+            pass
+    return Path(hf_hub_download(repo_id, filenames[-1], revision=revision))
+
+
+def hf_cached_file(repo_id: str, filenames: Sequence[str], *, revision: Optional[str] = None) -> Optional[Path]:
+    """The first of ``filenames`` in the Hugging Face cache entry of ``repo_id``, without network; ``None`` if
+    none is there. Files placed by hand where :func:`hf_snapshot_dir` says count too."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    for name in filenames:
+        try:
+            return Path(hf_hub_download(repo_id, name, revision=revision, local_files_only=True))
+        except EntryNotFoundError:  # LocalEntryNotFoundError included
+            pass
+    # huggingface_hub finds an unpinned revision through refs/<revision>, which a file placed by hand lacks.
+    snapshots = hf_snapshot_dir(repo_id, revision).parent
+    for name in filenames:
+        placed = sorted(snapshots.glob(f"{revision or '*'}/{name}"), key=lambda p: p.stat().st_mtime)
+        if placed:
+            return placed[-1]
+    return None
+
+
+def hf_snapshot_dir(repo_id: str, revision: Optional[str] = None) -> Path:
+    """The folder of the Hugging Face cache where the files of ``repo_id`` at ``revision`` are (or go)."""
+    from huggingface_hub import constants
+
+    return (Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "snapshots"
+            / (revision or "main"))
+
+
+def hf_url(repo_id: str, filename: str, revision: Optional[str] = None) -> str:
+    from huggingface_hub import constants
+
+    return f"{constants.ENDPOINT}/{repo_id}/resolve/{revision or 'main'}/{filename}"
+
+
+def hub_unreachable() -> Optional[str]:
+    """Why the Hugging Face hub cannot be reached (offline mode, no route), or ``None`` if it may be."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # only the proxy knows; let huggingface_hub try
+    url = urllib.parse.urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=3).close()
+    except OSError as e:
+        return f"{url.hostname}:{port} cannot be reached ({e})"
+    return None
 
 
 def load_state_dict_file(path: Union[str, os.PathLike]) -> Dict[str, torch.Tensor]:
@@ -182,24 +360,36 @@ def load_pretrained(model: nn.Module, source: Union[bool, str, os.PathLike], *, 
 
     Args:
         model: the backbone to load into.
-        source: ``True`` / ``"imagenet"`` (torchvision's weights for ``arch``), a local path or a URL.
-        arch: registered name, used to find the default URL.
+        source: see :func:`pretrained_file`: ``True``/``"imagenet"``, ``"tv2"``, ``"timm:<model>.<tag>"``, a
+            local path or a URL.
+        arch: the model's architecture (registered name or torchvision/timm model name), which named sources
+            are looked up for.
 
     Raises:
         ValueError: missing or unexpected keys or shape mismatches, listed together; the model is unchanged.
     """
-    if source is True or source in ("imagenet", "torchvision"):
-        if arch not in WEIGHT_URLS:
-            raise ValueError(f"no default weights for {arch!r}; available for: {', '.join(WEIGHT_URLS)}")
-        source = WEIGHT_URLS[arch]
-    if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"pretrained must be True, 'imagenet', a path or a URL, got {source!r}")
-    path = resolve_weights(source, progress=progress)
-    sd, unused_stats = _adapt_to_model(load_state_dict_file(path), model)
+    path = pretrained_file(source, arch=arch, progress=progress)
+    return load_checked(model, load_state_dict_file(path), where=str(path), arch=arch)
+
+
+def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, where: str,
+                 arch: Optional[str] = None) -> nn.Module:
+    """Load a torchvision- or timm-format ``state_dict`` into ``model`` with ``strict=True``, all or nothing.
+
+    The classifier, stages the model does not build and statistics its norm layers do not keep are dropped
+    first; everything else must fit.
+
+    Args:
+        where: where the state dict came from, for messages (a file name).
+
+    Raises:
+        ValueError: missing or unexpected keys or shape mismatches, listed together; the model is unchanged.
+    """
+    sd, unused_stats = _adapt_to_model(dict(state_dict), model)
     problems = state_dict_mismatches(model, sd)
     if problems:
         raise ValueError(
-            f"checkpoint {str(path)!r} does not fit {type(model).__name__}"
+            f"checkpoint {where!r} does not fit {type(model).__name__}"
             f"{f' ({arch})' if arch else ''}; expected a torchvision/timm ResNet state dict. {problems}"
         )
     model.load_state_dict(sd, strict=True)
@@ -207,8 +397,8 @@ def load_pretrained(model: nn.Module, source: Union[bool, str, os.PathLike], *, 
         # Loading BN weights into GN is a common initialisation (mmdet/mmseg do it with a log line), but the
         # layers then normalise with different statistics than the ones the weights were trained with.
         warnings.warn(
-            f"checkpoint {str(path)!r} holds BatchNorm running statistics for {len(unused_stats)} layers "
+            f"checkpoint {where!r} holds BatchNorm running statistics for {len(unused_stats)} layers "
             f"({short_names(unused_stats, 3)}) that this model's "
             f"normalisation does not keep; only their affine weight and bias were loaded. Use weights trained "
-            f"with the same norm layer for outputs that match the checkpoint's.", UserWarning, stacklevel=2)
+            f"with the same norm layer for outputs that match the checkpoint's.", UserWarning, stacklevel=3)
     return model

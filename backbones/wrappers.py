@@ -10,7 +10,8 @@ timm and torchvision are imported when a wrapper is built, not when ``backbones`
 from __future__ import annotations
 
 import difflib
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,9 @@ from torch import nn
 from .base import Backbone, FeatureInfo, FeatureSpec
 from .norm import freeze_batchnorm, get_norm_layer
 from .registry import BACKBONES, check_kwargs
+from .weights import load_pretrained, pretrained_file, timm_weights_file
+
+Pretrained = Union[bool, str, os.PathLike, None]
 
 __all__ = ["TimmBackbone", "TorchvisionResNet", "timm_backbone", "torchvision_backbone"]
 
@@ -109,7 +113,7 @@ def _timm_nominal_info(timm: Any, name: str, kwargs: Dict[str, Any]) -> Tuple[Li
 
 
 def timm_backbone(name: str, *, out_strides: Sequence[int] = (8, 16, 32), output_stride: int = 32,
-                  pretrained: bool = False, norm: str = "bn", frozen_stages: int = -1, in_chans: int = 3,
+                  pretrained: Pretrained = None, norm: str = "bn", frozen_stages: int = -1, in_chans: int = 3,
                   **timm_kwargs: Any) -> TimmBackbone:
     """Wrap timm model ``name`` (any model supporting ``features_only``) as a backbone.
 
@@ -117,7 +121,10 @@ def timm_backbone(name: str, *, out_strides: Sequence[int] = (8, 16, 32), output
         name: a timm model name (``timm.list_models()``), e.g. ``"resnet18"``, ``"efficientnet_b0"``.
         out_strides: which maps to return, by nominal stride (the model's feature reductions at output stride 32).
         output_stride: 8, 16 or 32, passed to timm (which dilates later stages) when below 32.
-        pretrained: load timm's pretrained weights (downloads; off by default).
+        pretrained: ``True``/``"imagenet"`` for timm's default weights of ``name`` (or of the tag in it,
+            ``"resnet50.a1_in1k"``), ``"timm:<name>.<tag>"`` for another tag, torchvision's ``"tv2"``, or a
+            local path / URL; loaded by timm (``strict``) from the Hugging Face / torch.hub cache, failing at
+            once without network (see :func:`backbones.weights.pretrained_file`).
         norm: ``"bn"`` (the model's own) or ``"frozen_bn"`` (every BatchNorm converted to FrozenBatchNorm2d).
         frozen_stages: only -1 (nothing frozen): timm models name their stages differently per family;
             accepted so that callers can pass every backbone the same options.
@@ -150,8 +157,15 @@ def timm_backbone(name: str, *, out_strides: Sequence[int] = (8, 16, 32), output
     indices = [nominal.index(s) for s in strides]
     if output_stride != 32:
         timm_kwargs["output_stride"] = output_stride
+    if pretrained:
+        # timm loads the file (its filters fit each family's checkpoints to features_only); we only find it, so
+        # a missing file fails at once instead of in huggingface_hub's retries.
+        arch = timm.models.split_model_name_tag(name)[0]
+        path = (timm_weights_file(name) if pretrained is True or pretrained == "imagenet"
+                else pretrained_file(pretrained, arch=arch))
+        timm_kwargs["pretrained_cfg_overlay"] = {**timm_kwargs.get("pretrained_cfg_overlay", {}), "file": str(path)}
     try:
-        model = timm.create_model(name, features_only=True, out_indices=indices, pretrained=pretrained,
+        model = timm.create_model(name, features_only=True, out_indices=indices, pretrained=bool(pretrained),
                                   **timm_kwargs)
     except TypeError as e:
         if "output_stride" in str(e):
@@ -188,8 +202,7 @@ class TorchvisionResNet(Backbone):
         self.return_names: List[str] = feature_info.names
         self.frozen_stages = frozen_stages
         for m in self.frozen_modules():
-            for p in m.parameters():
-                p.requires_grad_(False)
+            m.requires_grad_(False)
 
     def frozen_modules(self) -> List[nn.Module]:
         if self.frozen_stages < 0:
@@ -198,7 +211,10 @@ class TorchvisionResNet(Backbone):
         return [getattr(self.body, n) for n in names]
 
     def train(self, mode: bool = True) -> "TorchvisionResNet":
+        """Set training mode, keeping frozen stages in eval and without gradients (re-applied, see ResNet)."""
         super().train(mode)
+        for m in self.frozen_modules():
+            m.requires_grad_(False)
         if mode:
             for m in self.frozen_modules():
                 m.eval()
@@ -219,8 +235,8 @@ def _torchvision_resnets() -> List[str]:
 
 
 def torchvision_backbone(name: str, *, out_strides: Sequence[int] = (8, 16, 32), output_stride: int = 32,
-                         norm: str = "bn", frozen_stages: int = -1, weights: Optional[Any] = None
-                         ) -> TorchvisionResNet:
+                         norm: str = "bn", frozen_stages: int = -1, pretrained: Pretrained = None,
+                         weights: Optional[Any] = None) -> TorchvisionResNet:
     """Wrap torchvision's ResNet ``name`` (``resnet18``...``resnet152``, ``resnext*``, ``wide_resnet*``).
 
     Args:
@@ -229,7 +245,11 @@ def torchvision_backbone(name: str, *, out_strides: Sequence[int] = (8, 16, 32),
             since torchvision's BasicBlock refuses dilation (use our ``"resnet18"``/``"resnet34"`` instead).
         norm: ``"bn"``, ``"frozen_bn"``, ``"sync_bn"`` or ``"gn"``, passed as torchvision's ``norm_layer``.
         frozen_stages: -1 nothing, 0 the stem, k the stem and layer1..k.
-        weights: torchvision weights (a ``WeightsEnum`` or its name, e.g. ``"IMAGENET1K_V1"``; downloads), or None.
+        pretrained: as for our ResNets: ``True``/``"imagenet"`` (torchvision's IMAGENET1K_V1 for ``name``),
+            ``"tv2"`` (IMAGENET1K_V2), ``"timm:<name>.<tag>"`` or a local path / URL, loaded through
+            :func:`backbones.load_pretrained` (torch.hub / Hugging Face cache, every key and shape checked).
+        weights: alternatively, torchvision's own weights argument (a ``WeightsEnum`` or its name, e.g.
+            ``"IMAGENET1K_V1"``), downloaded by torchvision.
 
     Example::
 
@@ -250,6 +270,8 @@ def torchvision_backbone(name: str, *, out_strides: Sequence[int] = (8, 16, 32),
     if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= deepest:
         raise ValueError(f"frozen_stages must be an int from -1 to {deepest} for out_strides={strides}, "
                          f"got {frozen_stages!r}")
+    if pretrained and weights is not None:
+        raise TypeError(f"pass pretrained= or weights=, not both (got pretrained={pretrained!r}, weights={weights!r})")
     # replace_stride_with_dilation for layer2, layer3, layer4: strides beyond output_stride become dilation.
     dilate = [False, output_stride <= 8, output_stride <= 16]
     try:
@@ -274,6 +296,8 @@ def torchvision_backbone(name: str, *, out_strides: Sequence[int] = (8, 16, 32),
             specs.append(FeatureSpec(spec_name, channels, net_stride, dilation))
     return_layers = {module: spec_name for module, spec_name, nominal in TV_STAGES if nominal in strides}
     body = IntermediateLayerGetter(model, return_layers=return_layers)
+    if pretrained:
+        load_pretrained(body, pretrained, arch=name)
     return TorchvisionResNet(body, FeatureInfo(specs), frozen_stages=frozen_stages)
 
 

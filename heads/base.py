@@ -17,7 +17,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar
 import torch
 from torch import nn
 
-from backbones.base import FeatureInfo, FeatureSpec
+from backbones.base import FeatureInfo, FeatureSpec, is_symbolic_tracing
 from backbones.registry import Registry
 
 __all__ = ["HEADS", "Head", "register_head", "build_head", "list_heads", "head_out_strides", "nominal_strides"]
@@ -118,7 +118,7 @@ class Head(nn.Module):
     @torch.jit.unused
     def check_features(self, features: List[torch.Tensor]) -> None:
         """Raise ``ValueError`` unless ``features`` matches the ``feature_info`` given at construction."""
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or is_symbolic_tracing():
             return
         if not isinstance(features, (list, tuple)):
             raise TypeError(

@@ -6,13 +6,17 @@ returning ``depth + 1`` maps, from the input itself (stride 1) down to stride ``
 the backbone already dilated (timm's rule: a dilated stage's first block keeps the previous dilation), so
 ``make_dilated`` only checks the stride matches.
 
-Weights: smp downloads its own checkpoints for ``encoder_weights``; pass ``encoder_weights=None`` and load ours
-with ``backbones.load_pretrained(model.encoder.backbone, ...)``.
+Weights: smp's default ``encoder_weights="imagenet"`` gives our ResNets torchvision's ImageNet weights
+(IMAGENET1K_V1), from smp's own copy of them on the Hugging Face hub (the repository and revision smp pins for
+its encoder of the same name): smp always reads named weights from there. We fetch the files first with
+:func:`backbones.weights.hf_weights_file`, so an offline run fails at once naming the folder to place them in,
+and :meth:`DenseEncoder.load_state_dict` checks every key and shape. For other weights pass
+``encoder_weights=None`` and ``backbones.load_pretrained(model.encoder.backbone, "tv2")`` (or a timm tag, a path).
 """
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -21,6 +25,8 @@ from segmentation_models_pytorch.encoders import encoders as SMP_ENCODERS
 from segmentation_models_pytorch.encoders._base import EncoderMixin
 
 from backbones.registry import build_backbone, list_backbones
+from backbones.weights import (WEIGHT_URLS, hf_cached_file, hf_snapshot_dir, hf_url, hf_weights_file,
+                               hub_unreachable, load_checked)
 
 __all__ = ["DenseEncoder", "register_smp_encoders"]
 
@@ -70,6 +76,52 @@ class DenseEncoder(nn.Module, EncoderMixin):
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         return [x] + self.backbone(x)
 
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """Load this encoder's own state dict, or a torchvision-format one (smp's pretrained weights, keys without
+        ``backbone.``) into the backbone with every key and shape checked (see :func:`backbones.load_pretrained`).
+        """
+        if any(k.startswith("backbone.") for k in state_dict):
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        load_checked(self.backbone, state_dict, where="smp's pretrained weights")
+        return torch.nn.modules.module._IncompatibleKeys([], [])
+
+
+# What smp's get_encoder reads from the hub for named weights, besides the settings below.
+SMP_WEIGHT_FILES = ("model.safetensors", "config.json")
+
+
+class _PretrainedSettings(dict):
+    """smp's ``pretrained_settings`` of one encoder. Looking weights up (smp does it right before downloading
+    them) fetches their files through our hub loader, so an offline run fails at once with the folder to place
+    them in, instead of after huggingface_hub's retries; smp then finds them in the cache."""
+
+    def __getitem__(self, weights: str) -> Dict[str, str]:
+        settings = super().__getitem__(weights)
+        if "repo_id" not in settings:  # smp before 0.5 downloads settings["url"] into the torch.hub cache
+            return settings
+        repo, revision = settings["repo_id"], settings["revision"]
+        missing = [f for f in SMP_WEIGHT_FILES if hf_cached_file(repo, (f,), revision=revision) is None]
+        unreachable = hub_unreachable() if missing else None
+        if unreachable:
+            raise ConnectionError(
+                f"smp's {weights!r} weights ({repo}) are not in the Hugging Face cache and {unreachable}. Download "
+                f"{' and '.join(hf_url(repo, f, revision) for f in missing)} elsewhere and place them in "
+                f"{hf_snapshot_dir(repo, revision)} (or pass encoder_weights=None and load a local file with "
+                f"backbones.load_pretrained(model.encoder.backbone, path))."
+            )
+        for f in missing:
+            hf_weights_file(repo, (f,), revision=revision)
+        return settings
+
+
+def _pretrained_settings(name: str) -> _PretrainedSettings:
+    """smp's ImageNet settings for our backbone ``name``: those of smp's own encoder of that name (torchvision's
+    IMAGENET1K_V1 weights), with torchvision's URL for smp versions that read ``url``."""
+    theirs = SMP_ENCODERS.get(name, {}).get("pretrained_settings", {}).get("imagenet")
+    if name not in WEIGHT_URLS or not theirs:
+        return _PretrainedSettings()
+    return _PretrainedSettings(imagenet={**theirs, "url": WEIGHT_URLS[name]})
+
 
 def register_smp_encoders(prefix: str = "dense-", names: Optional[Sequence[str]] = None) -> List[str]:
     """Register backbones as smp encoders named ``prefix + name``; calling it again is harmless.
@@ -84,7 +136,7 @@ def register_smp_encoders(prefix: str = "dense-", names: Optional[Sequence[str]]
     Example::
 
         register_smp_encoders()
-        model = smp.DeepLabV3Plus("dense-resnet50", encoder_weights=None, classes=21, encoder_output_stride=16)
+        model = smp.DeepLabV3Plus("dense-resnet50", classes=21, encoder_output_stride=16)  # ImageNet weights
     """
     if not isinstance(prefix, str) or not prefix:
         raise ValueError(f"prefix must be a non-empty string, got {prefix!r}")
@@ -99,6 +151,7 @@ def register_smp_encoders(prefix: str = "dense-", names: Optional[Sequence[str]]
         if existing is not None and existing["encoder"] is not DenseEncoder:
             raise ValueError(f"smp encoder {key!r} already exists and is not ours; pick another prefix")
         # smp's lookup table is a plain dict; we add entries and never change smp's own.
-        SMP_ENCODERS[key] = {"encoder": DenseEncoder, "params": {"backbone": name}, "pretrained_settings": {}}
+        SMP_ENCODERS[key] = {"encoder": DenseEncoder, "params": {"backbone": name},
+                             "pretrained_settings": _pretrained_settings(name)}
         registered.append(key)
     return registered

@@ -77,6 +77,34 @@ def hub_dir(tmp_path: Path):
 
 
 @pytest.fixture
+def hf_cache(tmp_path: Path, monkeypatch):
+    """An empty Hugging Face cache in offline mode (``HF_HUB_OFFLINE``), for the test only."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return tmp_path / "hf"
+
+
+def place_in_hf_cache(cache: Path, repo_id: str, files: Dict[str, Path], revision: str = "0" * 40) -> Path:
+    """Lay ``files`` (name in the repository -> local file) out as huggingface_hub caches a download of
+    ``repo_id`` at commit ``revision`` (blobs, a snapshot of links, ``refs/main``); returns the snapshot."""
+    import shutil
+
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir(exist_ok=True)
+    for name, source in files.items():
+        blob = repo / "blobs" / f"{name}.blob"
+        shutil.copy(source, blob)
+        (snapshot / name).symlink_to(Path("..", "..", "blobs", blob.name))
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    return snapshot
+
+
+@pytest.fixture
 def isolated_backbones():
     """Let a test register backbones without leaking them into the global registry."""
     from backbones.registry import BACKBONES

@@ -210,6 +210,7 @@ def test_frozen_stages_get_no_gradients_and_keep_bn_in_eval(frozen_stages):
     def is_frozen(name):
         return name.split(".")[0] in frozen_prefixes
 
+    model.requires_grad_(True)  # e.g. smp's unfreeze_encoder(): undone by the next train()/eval() call
     model.eval()
     model.train()  # frozen stages must survive a later train() call
     assert model.training
@@ -285,6 +286,47 @@ def test_wrong_input_rank_channels_dtype():
         model(torch.randn(1, 1, 64, 64))
     with pytest.raises(TypeError, match="floating-point.*torch.uint8"):
         model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    with pytest.raises(TypeError, match=r"torch.float64 input but its weights are torch.float32.*x\.float\(\)"):
+        model(torch.zeros(1, 3, 64, 64, dtype=torch.float64))
+    for h, w in ((0, 0), (0, 64), (64, 0)):
+        with pytest.raises(ValueError, match=rf"at least 1x1 pixels, got {h}x{w} \(input shape \(1, 3, {h}, {w}\)\)"):
+            model(torch.zeros(1, 3, h, w))
+    # A float64 model takes float64 input; a 1x1 image is the smallest accepted.
+    outs = resnet18().double().eval()(torch.zeros(1, 3, 1, 1, dtype=torch.float64))
+    assert [o.dtype for o in outs] == [torch.float64] * 3 and outs[-1].shape == (1, 512, 1, 1)
+
+
+def _fx_cases():
+    # Every registered ResNet at its deepest output stride, plus dilation and the torchvision wrapper.
+    cases = [(arch, {"out_strides": ALL_STRIDES}) for arch in sorted(ARCHS)]
+    return cases + [("resnet50", {"output_stride": 8}), ("torchvision:resnet18", {"out_strides": (4, 8, 16, 32)})]
+
+
+@pytest.mark.parametrize("name, kwargs", _fx_cases())
+def test_fx_symbolic_trace_equals_eager(name, kwargs):
+    model = build_backbone(name, **kwargs).eval()
+    traced = torch.fx.symbolic_trace(model)
+    x = torch.randn(1, 3, 33, 47)
+    with torch.no_grad():
+        for got, expected in zip(traced(x), model(x), strict=True):
+            assert torch.equal(got, expected)
+    with pytest.raises(ValueError, match="3 input channels"):
+        model(torch.randn(1, 1, 33, 47))  # tracing skipped the checks; real calls still run them
+
+
+def test_torchvision_feature_extraction():
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    # Activation checkpointing is on: the training-mode trace must not try to checkpoint Proxies.
+    model = resnet18(out_strides=ALL_STRIDES, checkpoint_stages=True).eval()
+    train_nodes, eval_nodes = get_graph_node_names(model)
+    assert train_nodes == eval_nodes and "layer3.1.relu_1" in eval_nodes
+    extractor = create_feature_extractor(model, {"layer2.0.relu": "mid", "layer4": "deep"})
+    x = torch.randn(2, 3, 64, 80)
+    with torch.no_grad():
+        feats = extractor(x)
+        assert_close(feats["deep"], model(x)[-1], rtol=0, atol=0)
+    assert feats["mid"].shape == (2, 128, 8, 10)
 
 
 @pytest.mark.parametrize("kwargs, error, needles", [
@@ -298,6 +340,8 @@ def test_wrong_input_rank_channels_dtype():
     (dict(output_stride=64), ValueError, ("8, 16 or 32, got 64",)),
     (dict(frozen_stages=5), ValueError, ("frozen_stages", "-1", "to 4", "got 5")),
     (dict(frozen_stages=-2), ValueError, ("frozen_stages", "got -2")),
+    (dict(frozen_stages=True), ValueError, ("frozen_stages must be an int", "got True")),
+    (dict(frozen_stages=False), ValueError, ("frozen_stages must be an int", "got False")),
     (dict(out_strides=(8, 16), frozen_stages=4), ValueError, ("to 3", "(8, 16)", "got 4")),
     (dict(norm="batchnorm"), ValueError, ("'bn', 'frozen_bn', 'sync_bn', 'gn'", "got 'batchnorm'")),
     (dict(in_chans=0), ValueError, ("in_chans", "got 0")),

@@ -102,6 +102,26 @@ def test_checkpointing_same_gradients_less_memory():
     assert peak_tensor_memory(lambda: step(ckpt)) <= peak_tensor_memory(lambda: step(plain))
 
 
+@pytest.mark.parametrize("momentum", [0.1, None])  # None: cumulative average, which counts the steps
+def test_checkpointing_updates_running_statistics_once_per_step(momentum):
+    # The recomputation in backward re-runs every BatchNorm in training mode; it must not update them again.
+    torch.manual_seed(0)
+    plain = build_backbone("resnet18", out_strides=(8, 32))
+    for m in plain.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = momentum
+    ckpt = copy.deepcopy(plain)
+    ckpt.set_grad_checkpointing(True)
+    x = torch.randn(2, 3, 32, 32)
+    for model in (plain, ckpt):
+        sum(o.square().mean() for o in model.train()(x)).backward()
+    expected, got = plain.state_dict(), ckpt.state_dict()
+    assert [k for k in expected if "running" in k], "no statistics compared"
+    for k in expected:
+        assert torch.equal(got[k], expected[k]), k
+    assert max(relative(a.grad, b.grad) for a, b in zip(ckpt.parameters(), plain.parameters())) < 1e-6
+
+
 def test_tensor_memory_counts_allocations_not_views():
     with TensorMemory() as mem:
         a = torch.empty(1024, 1024)  # 4 MiB

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from backbones import build_backbone, load_pretrained, resnet18
-from backbones.weights import WEIGHT_URLS, cached_path_for_url, load_state_dict_file
+from backbones.weights import (WEIGHT_URLS, cached_path_for_url, load_state_dict_file, timm_weights_file,
+                               torchvision_url)
 
 UNREACHABLE = "http://127.0.0.1:9/resnet18-f37072fd.pth"
 
@@ -219,3 +220,91 @@ def test_bn_weights_into_group_norm_load_the_affine_part_and_warn(tv_checkpoint)
         warnings.simplefilter("error")
         resnet18(norm="bn", pretrained=path)
         resnet18(norm="frozen_bn", pretrained=path)
+
+
+# --- named sources: torchvision V1/V2 (torch.hub cache) and timm tags (Hugging Face cache) -------------------
+
+
+def no_download(*args, **kwargs):
+    raise AssertionError("tried to download although the file is cached")
+
+
+def test_named_torchvision_sources_are_torchvision_enum_urls():
+    import torchvision
+
+    for arch, url in WEIGHT_URLS.items():
+        assert torchvision.models.get_model_weights(arch).IMAGENET1K_V1.url == url
+        assert torchvision_url(arch) == url
+    assert torchvision_url("resnet50", "IMAGENET1K_V2") == "https://download.pytorch.org/models/resnet50-11ad3fa6.pth"
+    assert torchvision_url("resnext50_32x4d", "IMAGENET1K_V2").endswith("resnext50_32x4d-1a0047aa.pth")
+
+
+def test_tv2_loads_strictly_from_torch_hub_cache(hub_dir, tv_checkpoint, monkeypatch):
+    tv, path = tv_checkpoint("resnet50")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    cached = cached_path_for_url(torchvision_url("resnet50", "IMAGENET1K_V2"))
+    cached.parent.mkdir(parents=True)
+    shutil.copy(path, cached)
+    assert_loaded(build_backbone("resnet50", out_strides=(2, 4, 8, 16, 32), pretrained="tv2"), tv)
+    # The torchvision wrapper takes the same names, through the same loader.
+    wrapped = build_backbone("torchvision:resnet50", out_strides=(2, 4, 8, 16, 32), pretrained="tv2")
+    assert_loaded(wrapped.body, tv)
+
+
+def _timm_checkpoint(tmp_path, name="resnet18", filename="model.safetensors"):
+    import timm
+
+    from tests.conftest import randomize_norms, save_state_dict
+
+    model = randomize_norms(timm.create_model(name)).eval()
+    return model, save_state_dict(model.state_dict(), tmp_path / filename)
+
+
+@pytest.mark.parametrize("filename", ["model.safetensors", "pytorch_model.bin"])
+def test_timm_tag_loads_strictly_from_hugging_face_cache(filename, hf_cache, tmp_path):
+    from tests.conftest import place_in_hf_cache
+
+    timm_model, path = _timm_checkpoint(tmp_path, filename=filename)
+    place_in_hf_cache(hf_cache, "timm/resnet18.a2_in1k", {filename: path})
+    ours = build_backbone("resnet18", out_strides=(2, 4, 8, 16, 32), pretrained="timm:resnet18.a2_in1k")
+    assert_loaded(ours, timm_model)
+    assert timm_weights_file("resnet18.a2_in1k").name == filename
+
+
+def test_missing_timm_weights_fail_at_once_naming_the_cache_path(hf_cache, tmp_path, monkeypatch):
+    import time
+
+    from huggingface_hub import constants
+
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    for offline, endpoint, reason in ((True, constants.ENDPOINT, "HF_HUB_OFFLINE is set"),
+                                      (False, "http://127.0.0.1:9", "127.0.0.1:9 cannot be reached")):
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        start = time.monotonic()
+        with pytest.raises(ConnectionError) as excinfo:
+            build_backbone("resnet18", pretrained="timm:resnet18.a1_in1k")
+        assert time.monotonic() - start < 5, "must not wait for huggingface_hub's retries"
+        msg = str(excinfo.value)
+        target = hf_cache / "models--timm--resnet18.a1_in1k" / "snapshots" / "main" / "model.safetensors"
+        assert "\n" not in msg and reason in msg and str(target) in msg
+        assert f"{endpoint}/timm/resnet18.a1_in1k/resolve/main/model.safetensors" in msg
+    # A file placed where the message says is used, by our ResNet and by the timm wrapper (timm's default tag).
+    timm_model, path = _timm_checkpoint(tmp_path)
+    target.parent.mkdir(parents=True)
+    shutil.copy(path, target)
+    assert_loaded(build_backbone("resnet18", out_strides=(2, 4, 8, 16, 32), pretrained="timm:resnet18"), timm_model)
+    wrapped = build_backbone("timm:resnet18", out_strides=(2, 4, 8, 16, 32), pretrained=True)
+    assert all(torch.equal(v, timm_model.state_dict()[k]) for k, v in wrapped.model.state_dict().items())
+
+
+@pytest.mark.parametrize("arch, source, match", [
+    ("resnet18", "tv2", r"no IMAGENET1K_V2 weights for 'resnet18', only IMAGENET1K_V1 \(pretrained='imagenet'\)"),
+    ("resnet18", "timm:resnet50.a1_in1k", r"weights of timm's 'resnet50', not of 'resnet18'.*resnet18\.a1_in1k"),
+    ("resnet50", "timm:resnet50.b9_in1k", r"no pretrained weights 'resnet50.b9_in1k'.*resnet50\.a1_in1k"),
+    ("resnet18", "imagenett", r"unknown pretrained source 'imagenett'; accepted: True, 'imagenet'.*'tv2'"),
+])
+def test_named_source_errors(arch, source, match, hf_cache):
+    with pytest.raises(ValueError, match=match):
+        build_backbone(arch, pretrained=source)
