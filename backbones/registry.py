@@ -15,9 +15,19 @@ import fnmatch
 import inspect
 from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
 
-__all__ = ["Registry", "check_kwargs", "BACKBONES", "register_backbone", "build_backbone", "list_backbones"]
+__all__ = ["UsageError", "Registry", "check_kwargs", "BACKBONES", "register_backbone", "build_backbone",
+           "list_backbones"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class UsageError(TypeError):
+    """A caller's mistake detected on purpose (an unknown keyword, an argument of the wrong kind).
+
+    The message names the bad value and the accepted ones. It is a ``TypeError``, so ``except TypeError`` still
+    catches it; the command-line programs report it in one line, while any other ``TypeError`` (a bug) keeps
+    its traceback.
+    """
 
 
 class Registry:
@@ -65,7 +75,7 @@ class Registry:
     def get(self, name: str) -> Callable[..., Any]:
         """The builder registered under ``name``; unknown names raise with close matches."""
         if not isinstance(name, str):
-            raise TypeError(f"{self.kind} name must be a string, got {type(name).__name__}")
+            raise UsageError(f"{self.kind} name must be a string, got {type(name).__name__}")
         if name in self._builders:
             return self._builders[name]
         close = difflib.get_close_matches(name, list(self._builders), n=5, cutoff=0.5)
@@ -92,7 +102,7 @@ class Registry:
 
 def check_kwargs(fn: Callable[..., Any], kwargs: Dict[str, Any], *, what: str, keyword_only: bool = False,
                  extra: Sequence[str] = ()) -> None:
-    """Raise ``TypeError`` naming any keyword in ``kwargs`` that ``fn`` does not accept.
+    """Raise :class:`UsageError` naming any keyword in ``kwargs`` that ``fn`` does not accept.
 
     Args:
         keyword_only: accept only ``fn``'s keyword-only parameters (for classes whose positional parameters
@@ -111,7 +121,7 @@ def check_kwargs(fn: Callable[..., Any], kwargs: Dict[str, Any], *, what: str, k
         for k in unknown:
             close = difflib.get_close_matches(k, accepted, n=1, cutoff=0.6)
             hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-        raise TypeError(
+        raise UsageError(
             f"{what} got unexpected keyword argument(s) {', '.join(hints)}; accepted: {', '.join(accepted)}"
         )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,8 @@ from tools.data.cityscapes import CITYSCAPES_CLASSES
 from tools.data.voc import VOC_CLASSES
 from tools.data.synthetic import SHAPE_CLASSES, make_sample
 
-from tests.tools.fixtures import pair, write_ade20k, write_cityscapes, write_folder, write_image, write_mask, write_voc
+from tests.tools.fixtures import (pair, single_thread, tiny_run_args, write_ade20k, write_cityscapes,  # noqa: F401
+                                  write_folder, write_image, write_mask, write_voc)
 
 
 def expected_mask(raw_labels, mapping, seed):
@@ -224,6 +227,13 @@ def test_colour_mask_is_refused(tmp_path):
         build_dataset("folder", root=tmp_path, split="train")[0]
 
 
+def test_repeated_class_name_is_refused(tmp_path):
+    # Per-class results are keyed by name: a repeated name would silently drop one class's IoU.
+    write_folder(tmp_path, classes=("bg", "car", "road", "car"))
+    with pytest.raises(ValueError, match=r"class list '.*classes\.txt' names a class twice: 'car' on lines 2, 4"):
+        build_dataset("folder", root=tmp_path, split="train")
+
+
 def test_empty_split_names_the_list(tmp_path):
     write_voc(tmp_path)
     (tmp_path / "VOCdevkit" / "VOC2012" / "ImageSets" / "Segmentation" / "val.txt").write_text("\n")
@@ -235,3 +245,82 @@ def test_empty_split_names_the_list(tmp_path):
     (tmp_path / "f" / "images" / "empty").mkdir()
     with pytest.raises(ValueError, match="split 'empty' holds no images"):
         build_dataset("folder", root=tmp_path / "f", split="empty")
+
+
+# ------------------------------------------------------------------------------ errors in loader workers
+
+
+def spoil(root, fault):
+    """Damage every training sample of a ``write_folder`` set, so the first batch meets the fault."""
+    for image in sorted((root / "images" / "train").iterdir()):
+        mask = root / "masks" / "train" / f"{image.stem}.png"
+        if fault == "corrupt_image":
+            image.write_bytes(b"not an image")
+        elif fault == "bad_label":
+            write_mask(mask, np.full((40, 56), 7, np.uint8))
+        else:
+            write_mask(mask, np.zeros((10, 10), np.uint8))
+    return {"corrupt_image": r"cannot decode image file '.*img00\d\.jpg'",
+            "bad_label": r"mask of '.*img00\d\.jpg' \(mask '.*img00\d\.png'\) holds label value\(s\) \[7\]",
+            "size_mismatch": r"image and mask sizes differ for '.*img00\d\.jpg'"}[fault]
+
+
+def raised(call, *args):
+    """``(type, message)`` of the error ``call(*args)`` raises, or ``None``.
+
+    Nothing keeps the traceback, whose frames hold the data loaders: left in a reference cycle (as
+    ``pytest.raises`` leaves them), a loader is freed by the garbage collector, which may close its queues
+    before its worker processes are told to stop, and then waits 5 s for each worker.
+    """
+    try:
+        call(*args)
+    except (Exception, SystemExit) as e:
+        return type(e), str(e)
+    return None
+
+
+@pytest.mark.usefixtures("single_thread")
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("fault", ["corrupt_image", "bad_label", "size_mismatch"])
+def test_dataset_error_during_training_is_one_line(tmp_path, capsys, fault, workers):
+    from tools.train_seg import main
+
+    write_folder(tmp_path / "data", count=8)
+    expected = spoil(tmp_path / "data", fault)
+    argv = tiny_run_args(tmp_path / "runs", "bad", "--dataset", "folder", "--root", str(tmp_path / "data"),
+                         "--data-kwargs", "{}", "--batch-size", "2", "--crop-size", "32", "--workers", str(workers))
+    assert raised(main, argv) == (SystemExit, "1")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err  # not PyTorch's worker traceback
+    assert re.search(expected, err), err
+
+
+class Faulty(torch.utils.data.Dataset):
+    """Sample 3 fails with ``error``; the others are 2x2 images."""
+
+    def __init__(self, error):
+        self.error = error
+
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, index):
+        if index == 3:
+            raise self.error
+        return torch.zeros(3, 2, 2), torch.zeros(2, 2, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("error", [ValueError("mask of 'x.png' is bad"), FileNotFoundError("image 'y.jpg' vanished"),
+                                   OSError(28, "No space left on device", "z.jpg")],
+                         ids=lambda e: type(e).__name__)
+def test_eval_loader_worker_raises_the_datasets_own_error(error):
+    loader = build_eval_loader(Faulty(error), batch_size=2, workers=2)
+    assert raised(list, loader) == (type(error), str(error))
+
+
+def test_a_bug_in_a_worker_keeps_its_traceback():
+    # Only the dataset's deliberate errors are shortened; any other error is a bug, and its report needs the
+    # worker's traceback, which PyTorch pastes into the message.
+    kind, message = raised(list, build_eval_loader(Faulty(KeyError("oops")), batch_size=2, workers=2))
+    assert kind is KeyError and "Caught KeyError in DataLoader worker process" in message
+    assert "Traceback" in message and "oops" in message

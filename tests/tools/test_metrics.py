@@ -64,6 +64,17 @@ def test_update_refuses_mismatched_shapes():
         ConfusionMatrix(2).update(torch.zeros(2, 3), torch.zeros(3, 2))
 
 
+def test_prediction_outside_the_classes_is_refused():
+    # bincount of target * K + pred would count pred 3 of target 0 as class 1 of target 1
+    cm = ConfusionMatrix(3)
+    with pytest.raises(ValueError, match=r"predictions hold class value\(s\) \[3, 7\] but the confusion matrix "
+                                         r"has 3 classes \(0\.\.2\)"):
+        cm.update(torch.tensor([0, 3, 7, 1]), torch.tensor([0, 0, 1, 255]))
+    with pytest.raises(ValueError, match=r"\[-1\]"):
+        cm.update(torch.tensor([-1, 1]), torch.tensor([0, 1]))
+    assert cm.mat.sum() == 0  # nothing counted from a refused batch
+
+
 def test_table_lists_every_class():
     cm = ConfusionMatrix(3)
     cm.update(torch.tensor([0, 1, 1]), torch.tensor([0, 1, 0]))
@@ -111,6 +122,17 @@ def test_ohem_keeps_the_hardest_pixels():
 def test_loss_refuses_unknown_outputs():
     with pytest.raises(ValueError, match="'out'"):
         SegLoss()({"main": torch.zeros(1, 2, 3, 3)}, torch.zeros(1, 3, 3, dtype=torch.int64))
+
+
+def test_loss_names_a_label_outside_the_classes():
+    logits = torch.zeros(1, 3, 2, 2)
+    target = torch.tensor([[[0, 255], [3, 9]]])
+    with pytest.raises(ValueError, match=r"target holds label value\(s\) \[3, 9\] but the model predicts 3 "
+                                         r"classes: expected 0\.\.2, or 255 \(the ignore index\)"):
+        SegLoss()(logits, target)
+    with pytest.raises(ValueError, match=r"\[-1\].*or -100 \(the ignore index\)"):
+        SegLoss(ignore_index=-100)(logits, torch.tensor([[[0, -100], [-1, 2]]]))
+    assert SegLoss(ohem_thresh=0.7, ohem_min_kept=1)(logits, torch.tensor([[[0, 255], [2, 1]]])).isfinite()
 
 
 # -------------------------------------------------------------------------------------------- schedule

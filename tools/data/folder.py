@@ -30,6 +30,13 @@ def _class_names(root: Path, num_classes: Optional[int], mask_dir: Path) -> List
         names = [line.strip() for line in classes_file.read_text().splitlines() if line.strip()]
         if not names:
             raise ValueError(f"class list {str(classes_file)!r} is empty; expected one class name per line")
+        repeated = sorted({n for n in names if names.count(n) > 1}, key=names.index)
+        if repeated:
+            # Results are reported per class name: a repeated name would silently merge two classes' entries.
+            lines = "; ".join(f"{n!r} on lines {', '.join(str(i + 1) for i, m in enumerate(names) if m == n)}"
+                              for n in repeated)
+            raise ValueError(f"class list {str(classes_file)!r} names a class twice: {lines}; each line must name "
+                             f"a different class")
         if num_classes is not None and num_classes != len(names):
             raise ValueError(f"num_classes={num_classes} disagrees with the {len(names)} names in "
                              f"{str(classes_file)!r}")

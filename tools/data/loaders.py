@@ -9,15 +9,21 @@ neither the number of loader workers nor the iteration a run was resumed from.
 
 from __future__ import annotations
 
-from typing import Iterator, List, Sequence, Tuple
+import pickle
+from typing import Any, Callable, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate, get_worker_info
 
 from .base import IGNORE_INDEX
 
-__all__ = ["SeededShardSampler", "pad_collate", "build_train_loader", "build_eval_loader"]
+__all__ = ["SeededShardSampler", "pad_collate", "build_train_loader", "build_eval_loader", "SampleFailure",
+           "DATA_ERRORS"]
+
+# The errors a dataset raises on purpose about its files (damaged image, bad label, missing file), each with a
+# message naming the file. Anything else is a bug and keeps PyTorch's report with the worker's traceback.
+DATA_ERRORS = (ValueError, OSError)
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -76,6 +82,63 @@ def pad_collate(batch: Sequence[Tuple[torch.Tensor, torch.Tensor]]) -> Tuple[tor
     return images, masks
 
 
+class SampleFailure:
+    """A dataset error caught in a loader worker, travelling to the main process in place of a batch."""
+
+    def __init__(self, error: BaseException) -> None:
+        try:
+            pickle.loads(pickle.dumps(error))
+        except Exception:  # an exception class that cannot be rebuilt: keep its message
+            error = RuntimeError(f"{type(error).__name__}: {error}")
+        self.error = error
+
+
+class _CarryErrors(Dataset):
+    """``dataset`` whose :data:`DATA_ERRORS` come back as a :class:`SampleFailure` in a worker process."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: Any) -> Any:
+        try:
+            return self.dataset[key]
+        except DATA_ERRORS as e:
+            if get_worker_info() is None:  # main process: the error propagates with its own traceback
+                raise
+            return SampleFailure(e)
+
+
+def _carry_errors_collate(collate: Callable[[List[Any]], Any]) -> Callable[[List[Any]], Any]:
+    def collate_or_failure(batch: List[Any]) -> Any:
+        failure = next((s for s in batch if isinstance(s, SampleFailure)), None)
+        return failure if failure is not None else collate(batch)
+
+    return collate_or_failure
+
+
+class _Loader(DataLoader):
+    """A DataLoader that raises a worker's :class:`SampleFailure` as the dataset's original error."""
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in super().__iter__():
+            if isinstance(batch, SampleFailure):
+                try:
+                    raise batch.error
+                finally:
+                    # The traceback keeps this frame: a frame -> failure -> error -> traceback cycle would leave
+                    # the loader to the garbage collector, whose finalizers can close the worker queues before
+                    # the workers are told to stop, so each worker is waited for until PyTorch's timeout.
+                    batch = None
+            yield batch
+
+
+def _loader(dataset: Dataset, *, collate_fn: Callable[[List[Any]], Any], **kwargs: Any) -> DataLoader:
+    return _Loader(_CarryErrors(dataset), collate_fn=_carry_errors_collate(collate_fn), **kwargs)
+
+
 def build_train_loader(dataset: Dataset, *, batch_size: int, workers: int, seed: int, rank: int = 0,
                        world_size: int = 1, pin_memory: bool = False) -> Tuple[DataLoader, SeededShardSampler]:
     """A loader of full ``batch_size`` batches (the last partial batch of an epoch is dropped).
@@ -88,8 +151,9 @@ def build_train_loader(dataset: Dataset, *, batch_size: int, workers: int, seed:
             f"the training set has {len(dataset)} samples, {len(sampler)} per process over {world_size} "
             f"process(es): fewer than one batch of {batch_size}; lower --batch-size"
         )
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
-                        pin_memory=pin_memory, persistent_workers=workers > 0, generator=_private_generator(seed))
+    loader = _loader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
+                     collate_fn=default_collate, pin_memory=pin_memory, persistent_workers=workers > 0,
+                     generator=_private_generator(seed))
     return loader, sampler
 
 
@@ -101,9 +165,8 @@ def build_eval_loader(dataset: Dataset, *, batch_size: int = 1, workers: int = 0
     image exactly once (``DistributedSampler`` would repeat images to even out the shards).
     """
     indices: List[int] = list(range(rank, len(dataset), world_size))
-    return DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=workers,
-                      collate_fn=pad_collate, pin_memory=pin_memory, persistent_workers=workers > 0,
-                      generator=_private_generator(0))
+    return _loader(dataset, batch_size=batch_size, sampler=indices, num_workers=workers, collate_fn=pad_collate,
+                   pin_memory=pin_memory, persistent_workers=workers > 0, generator=_private_generator(0))
 
 
 def _private_generator(seed: int) -> torch.Generator:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Union
+from typing import Any, Dict, List, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -21,8 +22,8 @@ from torch import nn
 
 from backbones.weights import state_dict_mismatches
 
-__all__ = ["FORMAT_VERSION", "save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state",
-           "check_model_state"]
+__all__ = ["FORMAT_VERSION", "CHECKPOINT_KEYS", "CONFIG_KEYS", "RESUME_KEYS", "save_checkpoint", "load_checkpoint",
+           "rng_state", "set_rng_state", "check_model_state"]
 
 FORMAT_VERSION = 1
 PathLike = Union[str, os.PathLike]
@@ -63,12 +64,24 @@ def _free_space(folder: Path) -> str:
         return "unknown space"
 
 
-def load_checkpoint(path: PathLike) -> Dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (on CPU, weights only).
+# What every checkpoint of tools.train_seg holds (last.pt and best.pt alike), the config keys that name its
+# model (the other model options have defaults), and what continuing a run needs besides (last.pt only).
+CHECKPOINT_KEYS = ("model", "config")
+CONFIG_KEYS = ("backbone", "head")
+RESUME_KEYS = ("optimizer", "scheduler", "scaler", "iteration", "best_miou", "rng")
+
+
+def load_checkpoint(path: PathLike, *, resume: bool = False) -> Dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (on CPU, weights only) and check its keys.
+
+    Args:
+        resume: also require what continuing the run needs (:data:`RESUME_KEYS`: held by ``last.pt``, not by
+            ``best.pt``).
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file is not a readable checkpoint of this project's format.
+        ValueError: the file is not a readable checkpoint of this project's format, or lacks a key it needs;
+            the message names the file and the missing keys.
     """
     path = Path(path)
     if not path.is_file():
@@ -76,15 +89,39 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ValueError(f"refusing to load {str(path)!r}: it needs code to unpickle, which weights_only "
-                         f"forbids. Details: {str(e).splitlines()[0]}") from e
+        # torch's message advises weights_only=False, which would run any code the file holds: never pass it on.
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        if found:
+            raise ValueError(f"refusing to load {str(path)!r}: it holds pickled Python code ({found.group(1)}); "
+                             f"a checkpoint written by tools.train_seg holds only tensors and plain values") from e
+        raise ValueError(f"cannot read checkpoint {str(path)!r}: not a checkpoint written by tools.train_seg, or "
+                         f"corrupt (not a torch file)") from e
     except Exception as e:  # truncated, or not a torch file at all
-        raise ValueError(f"cannot read checkpoint {str(path)!r}: {type(e).__name__}: {e}") from e
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        detail = re.split(r"(?<=[.?]) ", str(e).strip().split("\n")[0])[0]  # torch's first sentence
+        detail = "" if "weights_only" in detail or not detail else f": {type(e).__name__}: {detail}"
+        raise ValueError(f"cannot read checkpoint {str(path)!r}: not a checkpoint written by tools.train_seg, or "
+                         f"corrupt{detail}") from e
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ValueError(f"{str(path)!r} is not a checkpoint written by tools.train_seg (expected keys 'model' "
                          f"and 'config', got {keys})")
+    config = ckpt["config"]
+    if not isinstance(config, dict):
+        raise ValueError(f"checkpoint {str(path)!r} is damaged: its config is a {type(config).__name__}, not a "
+                         f"mapping of option names to values")
+    missing = [k for k in CONFIG_KEYS if k not in config]
+    if missing:
+        raise ValueError(f"checkpoint {str(path)!r} is damaged: its config lacks {_names(missing)}, the name of "
+                         f"the model's {' and '.join(missing)}, which tools.train_seg always writes")
+    missing = [k for k in RESUME_KEYS if k not in ckpt] if resume else []
+    if missing:
+        raise ValueError(f"cannot resume from {str(path)!r}: it lacks {_names(missing)}. Resume from a run's "
+                         f"last.pt (best.pt holds the weights only, for tools.eval_seg and tools.predict)")
     return ckpt
+
+
+def _names(keys: Sequence[str]) -> str:
+    return ", ".join(repr(k) for k in keys)
 
 
 def rng_state() -> Dict[str, Any]:

@@ -6,6 +6,8 @@ import argparse
 import sys
 from typing import Any, Callable, List, Optional, Sequence
 
+from backbones.registry import UsageError
+
 __all__ = ["USER_ERRORS", "MissingExtra", "ListOf", "add_list_argument", "run_cli"]
 
 
@@ -13,8 +15,10 @@ class MissingExtra(RuntimeError):
     """An optional dependency is not installed; the message names the ``pip install`` that brings it."""
 
 
-# Errors that mean "fix your input" (a bad flag, file, dataset or checkpoint), or a diverged run.
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FloatingPointError, ConnectionError, MissingExtra)
+# Errors that mean "fix your input" (a bad flag, file, dataset or checkpoint), "fix your machine" (OSError: a
+# full disk, a path that is a file; its message names the path), or a diverged run. A TypeError is one only
+# when raised on purpose (UsageError): any other is a bug, and its traceback is what a report needs.
+USER_ERRORS = (ValueError, UsageError, OSError, FloatingPointError, MissingExtra)
 
 
 def run_cli(run: Callable[[Optional[List[str]]], Any], argv: Optional[List[str]] = None) -> int:

@@ -17,22 +17,60 @@ import yaml
 
 from .cli import is_list_action
 
-__all__ = ["parse_config", "load_config_file", "explicit_dests", "save_config", "to_plain", "yaml_mapping"]
+__all__ = ["parse_config", "load_config_file", "explicit_dests", "save_config", "to_plain", "yaml_mapping",
+           "load_yaml"]
 
 _SENTINEL = object()
 _BOOL_ACTIONS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Dict[Any, Any]:
+        first_line: Dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *base': explicit keys may override merged ones
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                seen = key in first_line
+            except TypeError:  # an unhashable key: the base class reports it
+                break
+            if seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice: first at line "
+                                                        f"{first_line[key]}, again", key_node.start_mark)
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that raises ``yaml.YAMLError`` on a duplicate key, naming it and its line."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
 
 
 def yaml_mapping(text: Union[str, Mapping[str, Any], None]) -> Dict[str, Any]:
     """argparse ``type`` for a mapping given inline as YAML/JSON: ``'{num_images: 64, seed: 1}'``."""
     if text is None:
         return {}
-    value = yaml.safe_load(text) if isinstance(text, str) else text
+    try:
+        value = load_yaml(text) if isinstance(text, str) else text
+    except yaml.YAMLError as e:
+        raise argparse.ArgumentTypeError(f"not a valid YAML mapping {text!r}: {_one_line(e)}") from None
     if value is None:
         return {}
     if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
         raise argparse.ArgumentTypeError(f"expected a mapping like '{{key: value}}', got {text!r}")
     return dict(value)
+
+
+def _one_line(error: yaml.YAMLError) -> str:
+    """The problem and its line, without PyYAML's multi-line excerpt of the text."""
+    mark = getattr(error, "problem_mark", None)
+    if mark is None:
+        return " ".join(str(error).split())
+    context = f"{error.context}: " if getattr(error, "context", None) else ""
+    return f"{context}{error.problem} at line {mark.line + 1}, column {mark.column + 1}"
 
 
 def _actions(parser: argparse.ArgumentParser) -> Dict[str, argparse.Action]:
@@ -105,9 +143,12 @@ def load_config_file(path: Union[str, os.PathLike], parser: argparse.ArgumentPar
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {str(path)!r}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"config file {str(path)!r} is not a text file: byte {e.object[e.start]:#04x} at offset "
+                         f"{e.start} is not UTF-8; expected a YAML file of flag names and values") from None
     except yaml.YAMLError as e:
-        raise ValueError(f"config file {str(path)!r} is not valid YAML: {e}") from e
+        raise ValueError(f"config file {str(path)!r} is not valid YAML: {_one_line(e)}") from e
     if data is None:
         return {}
     if not isinstance(data, dict):

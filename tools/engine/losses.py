@@ -48,6 +48,18 @@ class SegLoss(nn.Module):
         self.ohem_thresh = ohem_thresh
         self.ohem_min_kept = ohem_min_kept
 
+    def check_target(self, target: torch.Tensor, num_classes: int) -> None:
+        """Raise ``ValueError`` naming any label outside ``0..K-1`` other than the ignore index.
+
+        PyTorch would raise an IndexError naming neither K nor the ignore index on CPU, and abort the process
+        with a device-side assertion on CUDA.
+        """
+        bad = (target != self.ignore_index) & ((target < 0) | (target >= num_classes))
+        if bad.any():
+            values = target[bad].unique()[:10].tolist()
+            raise ValueError(f"target holds label value(s) {values} but the model predicts {num_classes} classes: "
+                             f"expected 0..{num_classes - 1}, or {self.ignore_index} (the ignore index)")
+
     def sum_and_count(self, logits: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Sum of the pixel losses that count, and how many pixels that is."""
         losses = F.cross_entropy(logits.float(), target, ignore_index=self.ignore_index, reduction="none")
@@ -71,6 +83,7 @@ class SegLoss(nn.Module):
         if "out" not in heads or unknown:
             raise ValueError(f"model output must be a tensor or a dict with 'out' and optionally 'aux', got keys "
                              f"{sorted(heads)}")
+        self.check_target(target, heads["out"].shape[1])
         names = list(heads)
         sums, counts = zip(*(self.sum_and_count(heads[n], target) for n in names))
         counts_t = torch.stack(counts).float()

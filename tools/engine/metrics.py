@@ -16,7 +16,8 @@ __all__ = ["ConfusionMatrix", "format_table"]
 class ConfusionMatrix:
     """Accumulates ``mat[t, p]``: the number of pixels of true class ``t`` predicted as ``p``.
 
-    Pixels labelled ``ignore_index`` (or any value outside ``0..K-1``) are not counted.
+    Pixels labelled ``ignore_index`` (or any value outside ``0..K-1``) are not counted. A prediction outside
+    ``0..K-1`` is an error: it would be counted as another class.
 
     Example::
 
@@ -42,6 +43,11 @@ class ConfusionMatrix:
         target = target.to(self.mat.device).reshape(-1).long()
         pred = pred.to(self.mat.device).reshape(-1).long()
         valid = (target >= 0) & (target < k) & (target != self.ignore_index)
+        outside = (pred < 0) | (pred >= k)
+        if outside.any():
+            values = pred[outside].unique()[:10].tolist()
+            raise ValueError(f"predictions hold class value(s) {values} but the confusion matrix has {k} classes "
+                             f"(0..{k - 1}): the model and the dataset disagree on the number of classes")
         self.mat += torch.bincount(target[valid] * k + pred[valid], minlength=k * k).reshape(k, k)
 
     def reset(self) -> None:
