@@ -1,13 +1,17 @@
-"""Evaluate a trained checkpoint: mIoU, pixel accuracy and a per-class IoU table.
+"""Evaluate a trained checkpoint, or a file exported from it: mIoU, pixel accuracy and a per-class IoU table.
 
 Examples::
 
     python -m tools.eval_seg --checkpoint runs/<name>/best.pt                  # the run's own validation split
     python -m tools.eval_seg --checkpoint best.pt --dataset cityscapes --root data/cityscapes \\
         --mode slide --crop-size 512,1024 --stride 341,682 --scales 0.75,1.0,1.25 --flip
+    python -m tools.eval_seg --checkpoint runs/<name>/best.pt --model runs/<name>/best.int8.onnx  # ONNX Runtime
+    python -m tools.eval_seg --checkpoint runs/<name>/best.pt --model best.onnx --engine openvino --precision bf16
 
-The model is rebuilt from the config stored in the checkpoint; the dataset defaults to the run's own
-(dataset, root, validation split, data options), and any of them can be replaced by a flag.
+The model is rebuilt from the config stored in the checkpoint, or is the ``--model`` file run by ``--engine``
+(the checkpoint then gives the classes and the dataset); the dataset defaults to the run's own (dataset, root,
+validation split, data options), and any of them can be replaced by a flag. Every engine goes through the same
+preprocessing, sliding window, multi-scale/flip and resize-back (:mod:`tools.engine.inference`).
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from .engine.cli import run_cli
 from .engine.config import yaml_mapping
 from .engine.inference import add_inference_args, evaluate, inference_options
 from .engine.metrics import format_table
-from .engine.model import describe_model, model_from_checkpoint
+from .engine.model import describe_model
 from .engine.precision import check_amp
+from .runtime.engines import Engine, add_engine_args, inference_device, load_for_inference
 
 __all__ = ["build_parser", "run", "main"]
 
@@ -41,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="unset: the run's validation split")
     p.add_argument("--data-kwargs", type=yaml_mapping, help="dataset options; unset: the run's")
     add_inference_args(p)
+    add_engine_args(p)
     p.add_argument("--batch-size", type=int, default=1, help="images of different sizes are padded (unscored)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--output", help="also write the results as JSON to this file")
@@ -54,10 +60,10 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     args = vars(build_parser().parse_args(argv))
     if args["batch_size"] < 1 or args["workers"] < 0:
         raise ValueError("--batch-size must be >= 1 and --workers >= 0")
-    info = dist_utils.init_distributed(args["device"])
+    info = dist_utils.init_distributed(inference_device(args))
     try:
         check_amp(args["amp"], info.device)
-        model, checkpoint = model_from_checkpoint(args["checkpoint"], device=info.device)
+        model, checkpoint = load_for_inference(args, info.device)
         config, classes = checkpoint["config"], list(checkpoint["classes"])
         dataset_name = args["dataset"] or config["dataset"]
         same_dataset = dataset_name == config["dataset"]
@@ -76,7 +82,8 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                       progress=progress and info.is_main, **inference_options(args, config))
         results = cm.summary(classes)
         if info.is_main:
-            print(f"{describe_model(config, len(classes))} on {dataset.name} ({len(dataset)} images), "
+            runner = f" as {model.source} on {model.kind} {model.precision}" if isinstance(model, Engine) else ""
+            print(f"{describe_model(config, len(classes))}{runner} on {dataset.name} ({len(dataset)} images), "
                   f"mode {args['mode']}, scales {args['scales']}, flip {args['flip']}")
             print(format_table(cm, classes))
             print(f"mIoU {100 * results['miou']:.2f}  pixel accuracy {100 * results['pixel_accuracy']:.2f}")

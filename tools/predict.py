@@ -4,17 +4,26 @@ Examples::
 
     python -m tools.predict --checkpoint runs/<name>/best.pt photo.jpg more_photos/ --output predictions/
     python -m tools.predict --checkpoint best.pt big.png --mode slide --crop-size 512 --flip --save-mask
+    python -m tools.predict --checkpoint best.pt --model best.int8.onnx photos/     # an exported file, same code
+    torchrun --nproc_per_node=2 -m tools.predict --checkpoint best.pt photos/       # images shared among ranks
 
 Each input ``<stem>.<ext>`` gives ``<output>/<stem>.png``: the overlay with a legend of the predicted classes;
 ``--save-mask`` also writes ``<stem>_mask.png`` holding the raw class indices. Folders are expanded to the
 images directly inside them. The default output folder is ``predictions/`` next to the checkpoint.
+
+An unreadable image is skipped with a one-line warning; the others are still written, and the command ends with
+a count of the skipped files and exit status 1. Under ``torchrun`` rank ``r`` of ``W`` takes images
+``r, r + W, ...`` of the expanded list, so every image is written once; output names are decided on the whole
+list first, so they do not depend on the number of ranks.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -25,8 +34,8 @@ from .data.transforms import normalize
 from .engine.cli import run_cli
 from .engine.distributed import resolve_device
 from .engine.inference import add_inference_args, inference_options, predict_probs
-from .engine.model import model_from_checkpoint
 from .engine.precision import check_amp
+from .runtime.engines import add_engine_args, inference_device, load_for_inference
 from .engine.visualize import add_legend, overlay, save_png
 
 __all__ = ["build_parser", "run", "main"]
@@ -42,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-mask", action=argparse.BooleanOptionalAction, default=False,
                    help="also write <stem>_mask.png with the class indices")
     add_inference_args(p)
+    add_engine_args(p)
     return p
 
 
@@ -54,37 +64,64 @@ def _expand(inputs: List[str]) -> List[Path]:
             if not found:
                 raise FileNotFoundError(f"folder {item!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
             paths.extend(found)
-        elif path.is_file():
-            paths.append(path)
         else:
-            raise FileNotFoundError(f"input image not found: {item!r}")
+            paths.append(path)  # a missing file is reported, and skipped, with the unreadable ones
     return paths
 
 
+def _output_stems(paths: List[Path]) -> List[str]:
+    """One output stem per input, made unique (``a``, ``a_1``...) when inputs from two folders share a name."""
+    stems, used = [], set()
+    for path in paths:
+        stem, k = path.stem, 1
+        while stem in used:
+            stem, k = f"{path.stem}_{k}", k + 1
+        used.add(stem)
+        stems.append(stem)
+    return stems
+
+
+def _shard() -> Tuple[int, int]:
+    """This process's rank and the number of processes, from torchrun's environment (0 of 1 without it).
+
+    Prediction needs no communication, so no process group is set up.
+    """
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK {rank} is not below WORLD_SIZE {world}")
+    return rank, world
+
+
 def run(argv: Optional[List[str]] = None) -> List[Path]:
-    """Predict every input image; returns the overlay files written."""
+    """Predict every input image (this rank's share under torchrun); returns the overlay files written.
+
+    Raises ``ValueError`` after writing the others when some images could not be read.
+    """
     args = vars(build_parser().parse_args(argv))
     if not 0 <= args["alpha"] <= 1:
         raise ValueError(f"--alpha must be in [0, 1], got {args['alpha']}")
-    device = resolve_device(args["device"])
+    rank, world = _shard()
+    device = resolve_device(inference_device(args), int(os.environ.get("LOCAL_RANK", "0")))
     check_amp(args["amp"], device)
     inputs = _expand(args["images"])
-    model, checkpoint = model_from_checkpoint(args["checkpoint"], device=device)
+    model, checkpoint = load_for_inference(args, device)
     classes, palette = list(checkpoint["classes"]), checkpoint.get("palette")
     options = inference_options(args, checkpoint["config"])
     out_dir = Path(args["output"]) if args["output"] else Path(args["checkpoint"]).parent / "predictions"
     out_dir.mkdir(parents=True, exist_ok=True)
+    mine = list(zip(inputs, _output_stems(inputs)))[rank::world]
     written: List[Path] = []
-    used = set()
-    for path in inputs:
-        image = read_image(path)  # every decode error names the file
+    failed: Dict[Path, str] = {}
+    for path, stem in mine:
+        try:
+            image = read_image(path)  # every decode error names the file
+        except (ValueError, FileNotFoundError, OSError) as err:
+            failed[path] = str(err)
+            print(f"warning: skipping {path}: {err}", file=sys.stderr)
+            continue
         x = normalize(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))))[None].to(device)
         with torch.no_grad():
             pred = predict_probs(model, x, **options).argmax(1)[0].cpu().numpy().astype(np.uint8)
-        stem, k = path.stem, 1
-        while stem in used:  # two inputs with the same name from different folders
-            stem, k = f"{path.stem}_{k}", k + 1
-        used.add(stem)
         blended = overlay(image, pred, palette, num_classes=len(classes), alpha=args["alpha"])
         target = out_dir / f"{stem}.png"
         save_png(target, add_legend(blended, classes, palette, labels=np.unique(pred).tolist()))
@@ -92,6 +129,11 @@ def run(argv: Optional[List[str]] = None) -> List[Path]:
             cv2.imwrite(str(out_dir / f"{stem}_mask.png"), pred)
         written.append(target)
         print(f"{path} -> {target}")
+    share = f" (rank {rank} of {world})" if world > 1 else ""
+    if failed:
+        raise ValueError(f"{len(failed)} of {len(mine)} images could not be read and were skipped{share} (named "
+                         f"above); the other {len(written)} were written to {out_dir}")
+    print(f"wrote {len(written)} overlays to {out_dir}{share}")
     return written
 
 

@@ -1,11 +1,15 @@
 """Inference for evaluation and prediction: whole image or sliding window, multi-scale and flip, and the
 evaluation loop that scores a model on a loader.
+
+A model is any callable from a normalized float32 ``(N, 3, H, W)`` batch to logits ``(N, K, H, W)``: an
+``nn.Module``, or an engine of :func:`tools.runtime.engines.load_engine` (ONNX Runtime, OpenVINO), so an exported
+file is scored by exactly the code that scores the checkpoint. ``amp`` and ``channels_last`` apply to modules.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +23,8 @@ from .precision import AMP_MODES, autocast
 __all__ = ["MODES", "add_inference_args", "inference_options", "slide_logits", "predict_probs", "evaluate"]
 
 MODES = ("whole", "slide")
+
+Model = Union[nn.Module, Callable[[torch.Tensor], torch.Tensor]]
 
 
 def add_inference_args(p: argparse.ArgumentParser) -> None:
@@ -54,14 +60,18 @@ def inference_options(args: Mapping[str, Any], config: Mapping[str, Any]) -> Dic
             "flip": args["flip"], "amp": args["amp"], "channels_last": args["channels_last"]}
 
 
-def _logits(model: nn.Module, images: torch.Tensor, amp: str, channels_last: bool) -> torch.Tensor:
+def _logits(model: Model, images: torch.Tensor, amp: str, channels_last: bool) -> torch.Tensor:
+    if not isinstance(model, nn.Module):
+        if amp != "none" or channels_last:
+            raise ValueError(f"amp and channels_last apply to torch modules, not to {model!r}")
+        return model(images).float()
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     with autocast(images.device, amp):
         return model(images).float()
 
 
-def slide_logits(model: nn.Module, images: torch.Tensor, *, crop_size: Tuple[int, int],
+def slide_logits(model: Model, images: torch.Tensor, *, crop_size: Tuple[int, int],
                  stride: Tuple[int, int], amp: str = "none", channels_last: bool = False) -> torch.Tensor:
     """Logits of ``images`` ``(N, 3, H, W)`` averaged over overlapping ``crop_size`` windows.
 
@@ -91,7 +101,7 @@ def slide_logits(model: nn.Module, images: torch.Tensor, *, crop_size: Tuple[int
     return (total / count)[..., :height, :width]
 
 
-def predict_probs(model: nn.Module, images: torch.Tensor, *, mode: str = "whole",
+def predict_probs(model: Model, images: torch.Tensor, *, mode: str = "whole",
                   crop_size: Optional[Tuple[int, int]] = None, stride: Optional[Tuple[int, int]] = None,
                   scales: Sequence[float] = (1.0,), flip: bool = False, amp: str = "none",
                   channels_last: bool = False) -> torch.Tensor:
@@ -99,7 +109,8 @@ def predict_probs(model: nn.Module, images: torch.Tensor, *, mode: str = "whole"
 
     Each scale resizes the image (bilinear), runs whole-image or sliding-window inference, and resizes the
     logits back to ``H x W``; with ``flip`` the mirrored image is scored too. The softmax probabilities of all
-    passes are averaged. ``model`` must be in eval mode.
+    passes are averaged. ``model`` (a module in eval mode, or an engine) is called on batches of the same
+    ``N`` at the scaled or window size.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -133,15 +144,17 @@ def predict_probs(model: nn.Module, images: torch.Tensor, *, mode: str = "whole"
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, *, num_classes: int, device: torch.device,
+def evaluate(model: Model, loader: torch.utils.data.DataLoader, *, num_classes: int, device: torch.device,
              progress: bool = False, **inference: object) -> ConfusionMatrix:
     """Score ``model`` on every batch of ``loader``; the confusion matrix is summed over all processes.
 
     ``inference`` holds :func:`predict_probs`' options (mode, crop_size, stride, scales, flip, amp,
-    channels_last). The model is put in eval mode and restored to its previous mode afterwards.
+    channels_last). A module is put in eval mode and restored to its previous mode afterwards.
     """
-    was_training = model.training
-    model.eval()
+    module = model if isinstance(model, nn.Module) else None
+    was_training = module is not None and module.training
+    if module is not None:
+        module.eval()
     cm = ConfusionMatrix(num_classes, device=device)
     try:
         for images, masks in tqdm(loader, desc="eval", disable=not progress, leave=False, dynamic_ncols=True):
@@ -149,6 +162,7 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, *, num_class
             probs = predict_probs(model, images, **inference)
             cm.update(probs.argmax(1), masks.to(device, non_blocking=True))
     finally:
-        model.train(was_training)
+        if module is not None:
+            module.train(was_training)
     cm.all_reduce()
     return cm

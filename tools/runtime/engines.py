@@ -16,11 +16,12 @@ ONNX Runtime and OpenVINO are imported when first needed; without them the error
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -30,7 +31,8 @@ from .export import METADATA_KEY, output_names
 from .extras import require
 
 __all__ = ["ENGINES", "PRECISIONS", "Engine", "TorchEngine", "OnnxRuntimeEngine", "OpenVinoEngine", "load_engine",
-           "cpu_supports_bf16", "onnx_is_quantized", "openvino_is_quantized"]
+           "add_engine_args", "resolve_engine", "inference_device", "load_for_inference", "cpu_supports_bf16",
+           "onnx_is_quantized", "openvino_is_quantized"]
 
 ENGINES = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -274,6 +276,66 @@ def load_engine(source: Union[str, os.PathLike, nn.Module], *, engine: str = "to
                            deploy=deploy, device=device, calibration=calibration)
     engine_.metadata.setdefault("classes", list(checkpoint["classes"]))
     return engine_
+
+
+# The engine a file runs on when --engine is not given.
+_DEFAULT_ENGINE = {".onnx": "onnxruntime", ".xml": "openvino"}
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """The ``--engine``, ``--model`` and ``--precision`` flags of ``tools.eval_seg`` and ``tools.predict``."""
+    g = p.add_argument_group("engine")
+    g.add_argument("--engine", choices=ENGINES, default=None,
+                   help="what runs the model; unset: onnxruntime for .onnx, openvino for .xml, else torch")
+    g.add_argument("--model", default=None, help="an exported file to run (.onnx, .xml, .ts) instead of the "
+                                                 "checkpoint's weights; the checkpoint still gives classes and data")
+    g.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="unset: what the file holds (fp32 for a checkpoint); bf16: openvino, or torch via deploy()")
+
+
+def resolve_engine(args: Mapping[str, Any]) -> str:
+    """``--engine``, or when unset the engine that runs the ``--model`` file (torch without one)."""
+    model_file = args.get("model")
+    return args.get("engine") or _DEFAULT_ENGINE.get(Path(model_file).suffix.lower() if model_file else "", "torch")
+
+
+def inference_device(args: Mapping[str, Any]) -> str:
+    """The ``--device`` to run on: as given for torch; ``--device auto`` means the CPU for the other engines."""
+    return "cpu" if args.get("device", "auto") == "auto" and resolve_engine(args) != "torch" else args["device"]
+
+
+def load_for_inference(args: Mapping[str, Any], device: torch.device
+                       ) -> Tuple[Callable[[torch.Tensor], Any], Dict[str, Any]]:
+    """The model ``tools.eval_seg``/``tools.predict`` run, and the checkpoint (config, classes...).
+
+    Without ``--model``/``--precision`` on torch: the checkpoint's eval-mode module, which ``--amp`` and
+    ``--channels-last`` apply to. Otherwise: an :class:`Engine`, checked against the checkpoint's classes.
+    """
+    from ..engine.checkpoint import load_checkpoint
+    from ..engine.model import model_from_checkpoint
+
+    model_file, engine, precision = args.get("model"), resolve_engine(args), args.get("precision")
+    if engine == "torch" and model_file is None and precision in (None, "fp32"):
+        return model_from_checkpoint(args["checkpoint"], device=device)
+    if args.get("amp", "none") != "none" or args.get("channels_last"):
+        raise ValueError(f"--amp and --channels-last apply to the plain torch model only, not to --engine {engine} "
+                         f"{'--model ' + model_file if model_file else ''} --precision {precision}; "
+                         f"for bf16 use --precision bf16")
+    if engine != "torch" and device.type != "cpu":
+        raise ValueError(f"--engine {engine} runs on the CPU; use --device cpu (or auto)")
+    checkpoint = load_checkpoint(args["checkpoint"])
+    classes = list(checkpoint.get("classes") or [])
+    if not classes:
+        raise ValueError(f"checkpoint {args['checkpoint']!r} records no class names")
+    calibration = None
+    if precision == "int8" and model_file is None:
+        from .quantize import calibration_batches
+
+        calibration = calibration_batches(checkpoint)
+    loaded = load_engine(model_file or args["checkpoint"], engine=engine, precision=precision, device=device,
+                         calibration=calibration)
+    loaded.check_compatible(classes=classes, reference=f"checkpoint {args['checkpoint']!r}")
+    return loaded, checkpoint
 
 
 def _from_module(model: nn.Module, *, source_name: str, engine: str, precision: Optional[str],
