@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -71,6 +74,28 @@ def test_two_gloo_processes_match_one_process_with_the_global_batch(tmp_path, si
     ddp_val = rows("ddp", "val")[-1]
     assert ddp_val["pixel_accuracy"] == pytest.approx(single["pixel_accuracy"], abs=1e-3)
     assert ddp_val["miou"] == pytest.approx(single["miou"], abs=1e-3)
+
+
+def test_ctrl_c_under_torchrun_stops_every_process_at_the_same_step(tmp_path):
+    # A terminal's Ctrl-C reaches torchrun and both processes, and torchrun forwards it once more: the processes
+    # must agree on the step to stop after (rank 0 saves alone), and the forwarded copy must not cut the save.
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", "-m", "tools.train_seg",
+           *tiny_run_args(tmp_path, "ddp", *COMMON, "--batch-size", "2", "--iters", "40", "--eval-interval", "100")]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(REPO), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    log, deadline = tmp_path / "ddp" / "metrics.jsonl", time.time() + 180
+    while proc.poll() is None and time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 2):
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode != 0
+    lines = [ln for ln in err.splitlines() if ln.startswith("interrupted: ")]
+    assert len(lines) == 1 and "SIGINT at iteration" in lines[0], err[-3000:]  # rank 0 only
+    saved = load_checkpoint(tmp_path / "ddp" / "last.pt")["iteration"]
+    assert 2 <= saved < 40 and f"at iteration {saved}/40: saved" in lines[0]
+    # neither process went on past the step the other stopped after
+    assert f"iter {saved + 1}/" not in out
 
 
 def test_sync_bn_on_cpu_processes_is_refused_before_training(tmp_path, monkeypatch):

@@ -142,14 +142,16 @@ def wait_for_iteration(run_dir: Path, proc: subprocess.Popen, iteration: int, ti
 
 def test_ctrl_c_saves_the_current_iteration_and_resume_equals_an_uninterrupted_run(tmp_path, straight):
     run_dir = tmp_path / "interrupted"
-    # no periodic checkpoint before the evaluation at 4: the last.pt found afterwards is the interrupt's
+    # No periodic checkpoint before the evaluation at 4: the last.pt found afterwards is the interrupt's. Loader
+    # workers, and the signal sent to the whole process group as a terminal's Ctrl-C is, reach them too.
     proc = subprocess.Popen([sys.executable, "-m", "tools.train_seg",
-                             *tiny_run_args(tmp_path, "interrupted", *RESUME_ARGS, "--ckpt-interval", "100")],
+                             *tiny_run_args(tmp_path, "interrupted", *RESUME_ARGS, "--ckpt-interval", "100",
+                                            "--workers", "2")],
                             cwd=REPO, env=subprocess_env(REPO), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, start_new_session=True)
     wait_for_iteration(run_dir, proc, 1)
     assert not (run_dir / "last.pt").exists()
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-2000:]
     # one line, no traceback, saying how to continue

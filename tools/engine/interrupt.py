@@ -1,9 +1,11 @@
 """Stopping a run cleanly on Ctrl-C (SIGINT) or SIGTERM: the signal only asks, and the training loop stops at
 the next boundary between two steps, where the run's state is whole and can be checkpointed.
 
-A second signal stops at once (``KeyboardInterrupt``) for a run stuck inside a step. DataLoader worker
-processes forked while :class:`StopOnSignal` is active inherit its handler, so a terminal's Ctrl-C (sent to
-the whole process group) does not kill them in the middle of a batch either.
+A second signal stops a single process at once (``KeyboardInterrupt``), for a run stuck inside a step. Under
+torchrun it does not: the launcher forwards the terminal's Ctrl-C to processes that got it already, and ends
+them itself if they do not stop in time. DataLoader worker processes forked while :class:`StopOnSignal` is
+active inherit its handler, so a terminal's Ctrl-C (sent to the whole process group) does not kill them in the
+middle of a batch either.
 """
 
 from __future__ import annotations
@@ -39,10 +41,15 @@ class TrainingInterrupted(Exception):
 
 class StopOnSignal:
     """Context manager that turns SIGINT and SIGTERM into a stop request, restoring the previous handlers on
-    exit. Outside the main thread (where Python cannot install handlers) it does nothing."""
+    exit. Outside the main thread (where Python cannot install handlers) it does nothing.
 
-    def __init__(self) -> None:
+    Args:
+        second_stops_at_once: a second signal raises ``KeyboardInterrupt`` (else it is ignored).
+    """
+
+    def __init__(self, *, second_stops_at_once: bool = True) -> None:
         self.signum: Optional[int] = None
+        self.second_stops_at_once = second_stops_at_once
         self._previous: Dict[int, Any] = {}
 
     def __enter__(self) -> "StopOnSignal":
@@ -57,9 +64,10 @@ class StopOnSignal:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
-        if self.signum is not None:
+        if self.signum is None:
+            self.signum = signum
+        elif self.second_stops_at_once:
             raise KeyboardInterrupt
-        self.signum = signum
 
     def requested(self, *, distributed: bool = False, device: Optional[torch.device] = None) -> Optional[int]:
         """The signal that asked to stop, if any. With ``distributed`` every process calls this at the same

@@ -29,8 +29,8 @@ class BoardWriter:
     """Mirror ``metrics.jsonl`` records into TensorBoard event files in ``run_dir``.
 
     Args:
-        purge_step: a resumed run's first iteration; TensorBoard drops the events a killed run wrote at or
-            after it, as :meth:`RunLog.truncate_after` does for ``metrics.jsonl``.
+        purge_step: a resumed run's first new iteration; TensorBoard drops the events a killed run wrote at
+            or after it, as ``RunLog.truncate_after`` does for ``metrics.jsonl``.
     """
 
     def __init__(self, run_dir: Path, *, purge_step: Optional[int] = None) -> None:

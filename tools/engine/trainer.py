@@ -328,7 +328,8 @@ def setup(cfg: Dict[str, Any], info: dist_utils.DistInfo, checkpoint: Optional[M
         if resuming:
             state.log.truncate_after(state.iteration)
         if cfg["tensorboard"]:
-            state.log.board = BoardWriter(run_dir, purge_step=state.iteration if resuming else None)
+            # what a killed run logged after its checkpoint goes, as in metrics.jsonl
+            state.log.board = BoardWriter(run_dir, purge_step=state.iteration + 1 if resuming else None)
     precision = ("fp32" if cfg["amp"] == "none" else f"{cfg['amp']} autocast") + \
         (" + channels_last" if cfg["channels_last"] else "") + (f" ({amp_reason})" if amp_reason else "")
     state.log.print(
@@ -559,7 +560,7 @@ def _run(state: RunState) -> Dict[str, Any]:
                      disable=not (show_bars and state.info.is_main), file=sys.stderr)
     epoch, offset = divmod(state.iteration, state.iters_per_epoch)
     state.ddp.train()
-    with StopOnSignal() as stop:
+    with StopOnSignal(second_stops_at_once=not state.info.distributed) as stop:
         state.window_start = time.perf_counter()
         while not state.done:
             state.sampler.set_epoch(epoch, start=offset * cfg["batch_size"])
