@@ -10,7 +10,12 @@ Examples::
 Every flag is also a key of the YAML file given with ``--config`` (``crop_size: [512, 512]``); explicit flags
 win over the file. A run writes ``runs/<name>/``: ``config.yaml`` (the resolved config), ``metrics.jsonl``,
 ``last.pt`` (everything needed to resume), ``best.pt`` (weights of the best validation mIoU),
-``curves.png`` and ``vis/`` (validation overlays). ``--batch-size`` is per process.
+``curves.png``, ``vis/`` (validation figures) and, with TensorBoard installed, its event files
+(``tensorboard --logdir runs``). ``--batch-size`` is per process.
+
+Ctrl-C or SIGTERM stops the run after the current step with ``last.pt`` saved; ``--resume`` continues it
+exactly. A run folder whose run stopped before its first checkpoint is reused by the same command (or
+``--resume``).
 """
 
 from __future__ import annotations

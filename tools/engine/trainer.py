@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import signal
 import sys
 import time
@@ -216,9 +217,7 @@ def _clear_outputs(run_dir: Path) -> None:
     for pattern in RUN_OUTPUTS:
         for path in run_dir.glob(pattern):
             if path.is_dir():
-                for child in sorted(path.rglob("*"), reverse=True):
-                    child.rmdir() if child.is_dir() else child.unlink()
-                path.rmdir()
+                shutil.rmtree(path)
             else:
                 path.unlink()
 
@@ -330,8 +329,8 @@ def setup(cfg: Dict[str, Any], info: dist_utils.DistInfo, checkpoint: Optional[M
         if cfg["tensorboard"]:
             # what a killed run logged after its checkpoint goes, as in metrics.jsonl
             state.log.board = BoardWriter(run_dir, purge_step=state.iteration + 1 if resuming else None)
-    precision = ("fp32" if cfg["amp"] == "none" else f"{cfg['amp']} autocast") + \
-        (" + channels_last" if cfg["channels_last"] else "") + (f" ({amp_reason})" if amp_reason else "")
+    precision = "fp32" if cfg["amp"] == "none" else f"{cfg['amp']} autocast"
+    precision += (" + channels_last" if cfg["channels_last"] else "") + (f" ({amp_reason})" if amp_reason else "")
     state.log.print(
         f"{'resuming' if resuming else 'training'} {describe_model(cfg, train_ds.num_classes)} on {train_ds.name} "
         f"({len(train_ds)} images) / {val_ds.name} ({len(val_ds)}), {info.world_size} process(es) on {device}, "
@@ -530,7 +529,7 @@ def interrupt(state: RunState, signum: int) -> None:
 
 def _stopped_at_once(state: Optional[RunState]) -> str:
     if state is None:
-        return "interrupted while the run was starting"
+        return "before training started"
     kept = (f"last.pt from iteration {state.last_saved} is kept" if state.last_saved is not None
             else "no checkpoint was written yet")
     return (f"stopped at once during iteration {state.iteration + 1}/{state.max_iters} ({kept}); continue with "
