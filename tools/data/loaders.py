@@ -5,6 +5,10 @@ The training sampler shuffles exactly like ``torch.utils.data.DistributedSampler
 with a ``W`` times larger batch size. It yields ``(index, seed)`` pairs; the dataset draws that sample's
 augmentation from ``seed`` (see :class:`tools.data.SegmentationDataset`), so the data a run sees depends on
 neither the number of loader workers nor the iteration a run was resumed from.
+
+A dataset's own errors (a damaged file, a bad label value: :data:`DATA_ERRORS`) reach the caller as the dataset
+raised them, with or without worker processes. PyTorch would re-raise a worker's error with the worker's
+traceback pasted into its message, so the loaders carry it to the main process as data instead.
 """
 
 from __future__ import annotations
