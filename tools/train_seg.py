@@ -123,7 +123,7 @@ def resolve_config(argv: Optional[List[str]] = None) -> Tuple[Dict[str, Any], Op
     if path.is_dir() and not (path / "last.pt").exists() and (path / "config.yaml").is_file():
         return _restart_config(parser, args, argv, path), None
     path = path / "last.pt" if path.is_dir() else path
-    checkpoint = load_checkpoint(path)
+    checkpoint = load_checkpoint(path, resume=True)
     saved = checkpoint["config"]
     # Runs saved before --bias-weight-decay existed decayed biases like norm parameters.
     config = {**args, "bias_weight_decay": saved.get("norm_weight_decay", 0.0), **saved}

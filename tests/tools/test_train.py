@@ -350,6 +350,8 @@ def test_resume_with_another_model_or_class_count_is_refused(trained, tmp_path):
              "--data-kwargs", "{}", "--iters", "20"])
     with pytest.raises(ValueError, match="iteration 10, the run's end"):
         run(["--resume", str(run_dir)])
+    with pytest.raises(ValueError, match="cannot resume from .*best.pt.*lacks 'optimizer'.*Resume from a run's last"):
+        run(["--resume", str(run_dir / "best.pt"), "--iters", "20"])
     assert (run_dir / "last.pt").read_bytes() == before
 
 

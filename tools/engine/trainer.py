@@ -274,7 +274,7 @@ def setup(cfg: Dict[str, Any], info: dist_utils.DistInfo, checkpoint: Optional[M
                          "gn")
     resuming = bool(cfg.get("resume"))
     if resuming and checkpoint is None:
-        checkpoint = load_checkpoint(cfg["resume"])
+        checkpoint = load_checkpoint(cfg["resume"], resume=True)
     torch.manual_seed(cfg["seed"])
     np.random.seed(cfg["seed"] % 2**32)
     if device.type == "cuda":
