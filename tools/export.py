@@ -128,18 +128,15 @@ def _check_options(args: argparse.Namespace) -> None:
 
 def _output_path(args: argparse.Namespace) -> Path:
     out = Path(args.output) if args.output else default_output(args)
+    written = [out] + ([out.with_suffix(".bin")] if args.format == "openvino" else []) + \
+        ([out.with_name(out.name + ".data")] if args.external_data else [])
+    if args.checkpoint and any(p.resolve() == Path(args.checkpoint).resolve() for p in written):
+        raise ValueError(f"--output {str(out)!r} would overwrite the checkpoint {args.checkpoint!r}; choose another "
+                         f"--output (default: {default_output(args).name})")
     suffix = FORMATS[args.format]
     if out.suffix.lower() != suffix:
         raise ValueError(f"--output {str(out)!r}: a --format {args.format} file must end in {suffix} (the tools "
                          f"tell files apart by suffix)")
-    written = [out] + ([out.with_suffix(".bin")] if args.format == "openvino" else []) + \
-        ([out.with_name(out.name + ".data")] if args.external_data else [])
-    if args.checkpoint:
-        ckpt = Path(args.checkpoint).resolve()
-        for path in written:
-            if path.resolve() == ckpt:
-                raise ValueError(f"--output {str(out)!r} would overwrite the checkpoint {args.checkpoint!r}; choose "
-                                 f"another --output (default: {default_output(args).name})")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"--output folder {str(out.parent)!r} does not exist")
     return out

@@ -1,5 +1,7 @@
 """Evaluation reproduces the training's validation score; sliding-window, multi-scale and flip inference are
-exact where they must be; prediction writes overlays with a legend; mismatched checkpoints are refused."""
+exact where they must be; an exported file scores what the checkpoint scores, through every engine; prediction
+writes overlays with a legend, skips unreadable files and shares images among ranks; mismatched checkpoints
+and files are refused."""
 
 from __future__ import annotations
 
@@ -136,16 +138,108 @@ def test_predict_writes_overlays_with_a_legend(checkpoint, tmp_path):
     assert default == [best.parent / "predictions" / "c.png"] and default[0].is_file()
 
 
-def test_predict_names_unreadable_or_missing_inputs(checkpoint, tmp_path):
+def test_predict_skips_unreadable_inputs_and_writes_the_others(checkpoint, tmp_path, capsys):
     best, _ = checkpoint
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8 not really a jpeg")
-    with pytest.raises(ValueError, match="broken.jpg"):
-        predict.run([str(bad), "--checkpoint", str(best), "--output", str(tmp_path / "o")])
-    with pytest.raises(FileNotFoundError, match="nothing.png"):
-        predict.run([str(tmp_path / "nothing.png"), "--checkpoint", str(best)])
+    good = write_image(tmp_path / "good.png", pair([0, 1], size=(40, 56))[0])
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit, match="1"):
+        predict.main([str(bad), str(tmp_path / "nothing.png"), str(good), "--checkpoint", str(best),
+                      "--output", str(out)])
+    err = capsys.readouterr().err.splitlines()
+    assert sorted(p.name for p in out.iterdir()) == ["good.png"]
+    assert [line for line in err if line.startswith("warning: skipping")] == [
+        f"warning: skipping {bad}: image file {str(bad)!r} is truncated: the JPEG end-of-image marker is missing",
+        f"warning: skipping {tmp_path / 'nothing.png'}: image file not found: {str(tmp_path / 'nothing.png')!r}"]
+    assert err[-1] == f"error: 2 of 3 images could not be read and were skipped (named above); the other 1 were " \
+                      f"written to {out}"
     with pytest.raises(ValueError, match="alpha"):
         predict.run([str(bad), "--checkpoint", str(best), "--alpha", "2"])
+
+
+def test_predict_shares_images_among_ranks(checkpoint, tmp_path, monkeypatch):
+    best, _ = checkpoint
+    folder, other = tmp_path / "in", tmp_path / "other"
+    for k in range(5):
+        write_image(folder / f"img{k}.png", pair([0, 1], size=(40, 48), seed=k)[0])
+    write_image(other / "img0.png", pair([0, 1], size=(40, 48), seed=9)[0])  # a name taken in another folder
+    out = tmp_path / "preds"
+    written = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        written.append(predict.run([str(folder), str(other), "--checkpoint", str(best), "--output", str(out)]))
+    names = [p.name for p in written[0] + written[1]]
+    assert len(written[0]) == len(written[1]) == 3
+    assert sorted(names) == sorted(set(names)) == sorted(p.name for p in out.iterdir())
+    assert sorted(names) == ["img0.png", "img0_1.png", "img1.png", "img2.png", "img3.png", "img4.png"]
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint, tmp_path_factory):
+    """The tiny run's model as an fp32 ONNX file, the OpenVINO IR converted from it, and an int8 ONNX file
+    calibrated on the run's training images (what tools.export writes, built by its library functions)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("openvino")
+    from tools.engine.model import model_from_checkpoint
+    from tools.runtime.export import add_onnx_metadata, export_onnx, export_openvino
+    from tools.runtime.quantize import calibration_batches, quantize_onnx
+
+    best, _ = checkpoint
+    model, ckpt = model_from_checkpoint(best)
+    folder = tmp_path_factory.mktemp("exported")
+    meta = {"classes": list(ckpt["classes"])}
+    export_onnx(model, str(folder / "best.onnx"), example=torch.randn(2, 3, 80, 80), min_size=32)
+    quantize_onnx(folder / "best.onnx", folder / "best.int8.onnx", calibration_batches(ckpt, num_images=4))
+    add_onnx_metadata(str(folder / "best.onnx"), meta)
+    export_openvino(str(folder / "best.onnx"), str(folder / "best.xml"), metadata=meta)
+    return folder
+
+
+@pytest.mark.parametrize("mode", ["whole", "slide"])
+def test_exported_files_score_what_the_checkpoint_scores(checkpoint, exported, mode):
+    best, _ = checkpoint
+    # Windows smaller than the 64x64 images, so the slide mode stitches several per image.
+    options = ["--workers", "0", "--mode", mode] + (["--crop-size", "40", "--stride", "24"] if mode == "slide" else [])
+    torch_miou = eval_seg.run(["--checkpoint", str(best), *options])["miou"]
+    for model, engine in (("best.onnx", None), ("best.onnx", "openvino"), ("best.xml", None)):
+        extra = ["--engine", engine] if engine else []
+        got = eval_seg.run(["--checkpoint", str(best), "--model", str(exported / model), *extra, *options])
+        assert got["miou"] == pytest.approx(torch_miou, abs=1e-3), (model, engine)
+    for engine in ("onnxruntime", "openvino"):
+        got = eval_seg.run(["--checkpoint", str(best), "--model", str(exported / "best.int8.onnx"),
+                            "--engine", engine, *options])
+        assert 0 <= got["miou"] <= 1
+
+
+def test_predict_through_an_engine_writes_the_same_masks(checkpoint, exported, tmp_path):
+    best, _ = checkpoint
+    image = write_image(tmp_path / "a.png", pair([0, 1], size=(37, 53))[0])
+    masks = []
+    for extra in ([], ["--model", str(exported / "best.xml")]):
+        out = tmp_path / f"out{len(masks)}"
+        predict.run([str(image), "--checkpoint", str(best), "--output", str(out), "--save-mask", *extra])
+        masks.append(cv2.imread(str(out / "a_mask.png"), cv2.IMREAD_UNCHANGED))
+    assert masks[0].shape == (37, 53) and np.array_equal(masks[0], masks[1])
+
+
+def test_eval_refuses_a_file_of_another_model(checkpoint, exported, tmp_path, capsys):
+    from tools.runtime.export import add_onnx_metadata
+
+    best, _ = checkpoint
+    other = tmp_path / "other.onnx"
+    other.write_bytes((exported / "best.onnx").read_bytes())
+    add_onnx_metadata(str(other), {"classes": ["sky", "road", "car", "person", "tree"]})
+    with pytest.raises(SystemExit, match="1"):
+        eval_seg.main(["--checkpoint", str(best), "--model", str(other)])
+    err = capsys.readouterr().err
+    assert "other.onnx was exported for classes ['sky'" in err and err.count("\n") == 1
+    with pytest.raises(ValueError, match="--amp and --channels-last apply to the plain torch model only"):
+        eval_seg.run(["--checkpoint", str(best), "--model", str(exported / "best.onnx"), "--amp", "bf16"])
+    with pytest.raises(ValueError, match="best.int8.onnx.*quantized to int8"):
+        eval_seg.run(["--checkpoint", str(best), "--model", str(exported / "best.int8.onnx"), "--precision", "fp32"])
 
 
 def test_overlay_and_palette():

@@ -1,15 +1,24 @@
 """Export: ONNX round trips through ONNX Runtime at two input sizes (eager and deployed), TorchScript,
-torch.compile without graph breaks, and the export command line."""
+torch.compile without graph breaks, and the export command line: files beside the checkpoint under their own
+names, the checkpoint's bytes untouched, OpenVINO int8 really quantized, and nothing written on any failure."""
+
+import sys
 
 import pytest
 import torch
 
+import tools.export as export_tool
 from backbones import build_backbone, deploy
 from heads import build_segmentor
+from tools.data.synthetic import SHAPE_CLASSES
+from tools.engine.checkpoint import save_checkpoint
+from tools.engine.model import build_model
 from tools.export import main
+from tools.runtime.engines import load_engine, openvino_is_quantized
 from tools.runtime.export import export_onnx
-from tools.runtime.engines import load_engine
 from tools.runtime.verify import as_list, verify
+
+from tests.conftest import randomize_norms
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -103,3 +112,88 @@ def test_export_command_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit, match="1"):
         main(["--checkpoint", str(tmp_path / "missing.pt")])
     assert "not found" in capsys.readouterr().err
+
+
+# A run's checkpoint as tools.train_seg writes it (random weights): the model, its config and its classes.
+RUN_CONFIG = {"backbone": "resnet18", "head": "fcn", "output_stride": 32, "norm": "bn", "dataset": "synthetic",
+              "train_split": "train", "val_split": "val", "data_kwargs": {"num_images": 4, "image_size": 64},
+              "crop_size": [64]}
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    model = randomize_norms(build_model(RUN_CONFIG, len(SHAPE_CLASSES))).eval()
+    save_checkpoint(tmp_path / "best.pt", {"model": model.state_dict(), "config": RUN_CONFIG,
+                                           "classes": list(SHAPE_CLASSES)})
+    return tmp_path
+
+
+def _listing(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_onnx_export_lands_beside_the_checkpoint_and_records_the_classes(run_dir, capsys):
+    ckpt = run_dir / "best.pt"
+    before = ckpt.read_bytes()
+    assert main(["--checkpoint", str(ckpt), "--format", "onnx", "--size", "80x80"]) == 0
+    assert "FAIL" not in capsys.readouterr().out
+    assert ckpt.read_bytes() == before
+    assert _listing(run_dir) == ["best.onnx", "best.pt"]  # no staging folder left behind
+    run = load_engine(run_dir / "best.onnx", engine="onnxruntime")
+    assert run.metadata["classes"] == list(SHAPE_CLASSES) and run.metadata["precision"] == "fp32"
+
+
+def test_openvino_int8_export_is_quantized_and_follows_fp32(run_dir, capsys):
+    ov = pytest.importorskip("openvino")
+    ckpt = run_dir / "best.pt"
+    before = ckpt.read_bytes()
+    assert main(["--checkpoint", str(ckpt), "--format", "openvino", "--precision", "int8", "--calib-images", "3",
+                 "--size", "80x80"]) == 0
+    out = capsys.readouterr().out
+    assert "convolutions in int8 (ort, calibrated on 3 training images)" in out
+    assert "ok   openvino int8" in out and "logits correlation" in out
+    assert ckpt.read_bytes() == before
+    assert _listing(run_dir) == ["best.int8.bin", "best.int8.xml", "best.pt"]
+    assert openvino_is_quantized(ov.Core().read_model(str(run_dir / "best.int8.xml")))
+    run = load_engine(run_dir / "best.int8.xml", engine="openvino")
+    assert run.precision == "int8" and run.metadata["calibration_images"] == 3
+    assert run.metadata["classes"] == list(SHAPE_CLASSES)
+
+
+def test_export_bad_input_writes_nothing(run_dir, tmp_path_factory, monkeypatch, capsys):
+    ckpt = str(run_dir / "best.pt")
+    listing = _listing(run_dir)
+
+    def fails(args, match):
+        with pytest.raises(SystemExit, match="1"):
+            main(["--checkpoint", ckpt, "--size", "80x80", *args])
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1, err
+        assert match in err, err
+        assert _listing(run_dir) == listing
+
+    fails(["--format", "torchscript", "--output", ckpt], "would overwrite the checkpoint")
+    fails(["--format", "openvino", "--output", str(run_dir / "model.onnx")], "must end in .xml")
+    fails(["--format", "onnx", "--precision", "bf16"], "ONNX Runtime has no bf16 CPU kernels")
+    fails(["--format", "torchscript", "--precision", "int8"], "needs --format onnx or openvino")
+    with pytest.raises(SystemExit, match="1"):
+        main(["--model", "resnet18", "--precision", "int8"])
+    assert "no dataset to calibrate on" in capsys.readouterr().err
+    # A run whose dataset is gone has nothing to calibrate on.
+    moved = dict(RUN_CONFIG, dataset="folder", root=str(tmp_path_factory.mktemp("gone") / "data"), data_kwargs={})
+    model = build_model(RUN_CONFIG, len(SHAPE_CLASSES))
+    save_checkpoint(run_dir / "best.pt", {"model": model.state_dict(), "config": moved,
+                                          "classes": list(SHAPE_CLASSES)})
+    fails(["--format", "onnx", "--precision", "int8"], "--calib-root")
+    monkeypatch.setattr(export_tool, "cpu_supports_bf16", lambda engine="torch": False)
+    fails(["--format", "openvino", "--precision", "bf16"], "no native bf16")
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # not installed
+    fails(["--format", "onnx"], 'install it with pip install -e ".[deploy]"')
+    monkeypatch.undo()
+
+    def truncated_export(model, path, **kwargs):  # a file cut short, as by a full disk
+        with open(path, "wb") as f:
+            f.write(b"\x08\x07\x12\x07pytorch")
+
+    monkeypatch.setattr(export_tool, "export_onnx", truncated_export)
+    fails(["--format", "onnx"], "cannot load")
