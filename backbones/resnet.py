@@ -13,7 +13,7 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
-from .base import Backbone, FeatureInfo, FeatureSpec, is_symbolic_tracing
+from .base import Backbone, FeatureInfo, FeatureSpec
 from .norm import get_norm_layer
 from .registry import check_kwargs, register_backbone
 from .weights import load_pretrained
@@ -144,13 +144,8 @@ class Stage(nn.Sequential):
             super().forward, x, use_reentrant=False,
             context_fn=lambda: (contextlib.nullcontext(), _running_stats_kept(self)))
 
-    @torch.jit.unused
-    def _checkpointing(self) -> bool:
-        return (self.grad_checkpointing and self.training and torch.is_grad_enabled()
-                and not is_symbolic_tracing())
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting() and self._checkpointing():
+        if not torch.jit.is_scripting() and self.grad_checkpointing and self.training and torch.is_grad_enabled():
             return self._checkpointed(x)
         for block in self:
             x = block(x)
@@ -370,8 +365,8 @@ def _check_out_strides(out_strides: Sequence[int]) -> Tuple[int, ...]:
 
 # --- builders -----------------------------------------------------------------------------------------------
 
-# (block, layers) per depth; ImageNet weights are torchvision's (IMAGENET1K_V1 where V2 exists too, the
-# weights most dense-prediction papers start from).
+# (block, layers) per depth; "imagenet" weights are torchvision's IMAGENET1K_V1 (where V2 exists too, the
+# weights most dense-prediction papers start from); "tv2" and timm's tags are named in backbones.weights.
 ARCHS = {
     "resnet18": (BasicBlock, (2, 2, 2, 2)),
     "resnet34": (BasicBlock, (3, 4, 6, 3)),
@@ -387,8 +382,10 @@ def build_resnet(arch: str, *, pretrained: Union[bool, str, None] = None, **kwar
     Args:
         arch: a key of :data:`ARCHS`.
         pretrained: ``None``/``False`` for random init; ``True`` or ``"imagenet"`` for torchvision's ImageNet
-            weights (downloaded to the torch.hub cache); or a local path / URL of a torchvision- or timm-format
-            checkpoint (``.pth``, ``.pt``, ``.safetensors``).
+            weights (IMAGENET1K_V1), ``"tv2"`` for torchvision's IMAGENET1K_V2 (resnet50/101/152; torch.hub
+            cache), ``"timm:<arch>.<tag>"`` for timm's (e.g. ``"timm:resnet50.a1_in1k"``; Hugging Face cache);
+            or a local path / URL of a torchvision- or timm-format checkpoint (``.pth``, ``.pt``,
+            ``.safetensors``). Offline, a file not yet cached fails at once naming the path to place it at.
         **kwargs: keyword arguments of :class:`ResNet` (``out_strides``, ``output_stride``, ``norm``, ...).
     """
     check_kwargs(ResNet.__init__, kwargs, what=f"backbone {arch!r}", keyword_only=True, extra=("pretrained",))

@@ -231,6 +231,7 @@ def hf_snapshot_dir(repo_id: str, revision: Optional[str] = None) -> Path:
 
 
 def hf_url(repo_id: str, filename: str, revision: Optional[str] = None) -> str:
+    """Download address of ``filename`` in Hugging Face repository ``repo_id`` (for messages)."""
     from huggingface_hub import constants
 
     return f"{constants.ENDPOINT}/{repo_id}/resolve/{revision or 'main'}/{filename}"

@@ -123,12 +123,15 @@ def _pretrained_settings(name: str) -> _PretrainedSettings:
     return _PretrainedSettings(imagenet={**theirs, "url": WEIGHT_URLS[name]})
 
 
-def register_smp_encoders(prefix: str = "dense-", names: Optional[Sequence[str]] = None) -> List[str]:
+def register_smp_encoders(prefix: str = "dense-", names: Optional[Sequence[str]] = None,
+                          **backbone_kwargs: Any) -> List[str]:
     """Register backbones as smp encoders named ``prefix + name``; calling it again is harmless.
 
     Args:
         prefix: prepended to each backbone name.
         names: backbone names to register (default: every registered backbone).
+        **backbone_kwargs: passed to every backbone smp builds under these names (smp passes none of its own),
+            e.g. ``norm="frozen_bn", frozen_stages=1``, or ``pretrained="tv2"`` with ``encoder_weights=None``.
 
     Returns:
         the smp encoder names registered.
@@ -140,6 +143,9 @@ def register_smp_encoders(prefix: str = "dense-", names: Optional[Sequence[str]]
     """
     if not isinstance(prefix, str) or not prefix:
         raise ValueError(f"prefix must be a non-empty string, got {prefix!r}")
+    reserved = sorted({"backbone", "depth", "out_strides", "output_stride"} & set(backbone_kwargs))
+    if reserved:
+        raise TypeError(f"{reserved} are set by smp (encoder_depth, encoder_output_stride), not by keyword here")
     names = list_backbones() if names is None else list(names)
     unknown = [n for n in names if n not in list_backbones()]
     if unknown:
@@ -151,7 +157,7 @@ def register_smp_encoders(prefix: str = "dense-", names: Optional[Sequence[str]]
         if existing is not None and existing["encoder"] is not DenseEncoder:
             raise ValueError(f"smp encoder {key!r} already exists and is not ours; pick another prefix")
         # smp's lookup table is a plain dict; we add entries and never change smp's own.
-        SMP_ENCODERS[key] = {"encoder": DenseEncoder, "params": {"backbone": name},
+        SMP_ENCODERS[key] = {"encoder": DenseEncoder, "params": {"backbone": name, **backbone_kwargs},
                              "pretrained_settings": _pretrained_settings(name)}
         registered.append(key)
     return registered

@@ -317,7 +317,7 @@ def test_fx_symbolic_trace_equals_eager(name, kwargs):
 def test_torchvision_feature_extraction():
     from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-    # Activation checkpointing is on: the training-mode trace must not try to checkpoint Proxies.
+    # With activation checkpointing on, as get_graph_node_names also traces the training-mode graph.
     model = resnet18(out_strides=ALL_STRIDES, checkpoint_stages=True).eval()
     train_nodes, eval_nodes = get_graph_node_names(model)
     assert train_nodes == eval_nodes and "layer3.1.relu_1" in eval_nodes

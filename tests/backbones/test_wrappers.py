@@ -72,6 +72,33 @@ def test_torchvision_frozen_bn_and_frozen_stages():
     check_backbone(bb, sizes=SIZES)
 
 
+def test_torchvision_frozen_stages_survive_requires_grad_and_train():
+    bb = build_backbone("torchvision:resnet18", frozen_stages=1)
+    bb.requires_grad_(True)  # e.g. smp's unfreeze_encoder()
+    bb.train()
+    assert not any(p.requires_grad for p in bb.body.layer1.parameters()) and not bb.body.conv1.weight.requires_grad
+    assert all(p.requires_grad for p in bb.body.layer2.parameters())
+
+
+def test_torchvision_pretrained_imagenet_from_torch_hub_cache(hub_dir, tv_checkpoint, monkeypatch):
+    import shutil
+
+    from backbones.weights import cached_path_for_url, torchvision_url
+
+    tv, path = tv_checkpoint("resnet18")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("downloaded"))
+    cached = cached_path_for_url(torchvision_url("resnet18"))
+    cached.parent.mkdir(parents=True)
+    shutil.copy(path, cached)
+    bb = build_backbone("torchvision:resnet18", out_strides=(8, 16), pretrained="imagenet").eval()
+    expected = tv.state_dict()
+    loaded = bb.body.state_dict()
+    assert loaded and all(torch.equal(v, expected[k]) for k, v in loaded.items())
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(bb(x)[1], tv.layer3(tv.layer2(tv.layer1(tv.maxpool(tv.relu(tv.bn1(tv.conv1(x))))))))
+
+
 def test_timm_frozen_bn_converts_every_batchnorm():
     bb = build_backbone("timm:resnet18", norm="frozen_bn")
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in bb.modules())
@@ -88,6 +115,12 @@ def test_timm_frozen_bn_converts_every_batchnorm():
     ("torchvision:resnet50", {"out_strides": (32, 8)}, ValueError, r"increasing"),
     ("torchvision:resnet18", {"outstrides": (8,)}, TypeError, r"did you mean 'out_strides'"),
     ("torchvision:resnet18", {"frozen_stages": 5}, ValueError, r"frozen_stages must be an int from -1 to 4"),
+    ("torchvision:resnet18", {"frozen_stages": True}, ValueError, r"frozen_stages must be an int.*got True"),
+    ("timm:resnet18", {"frozen_stages": True}, ValueError, r"only frozen_stages=-1.*got True"),
+    ("torchvision:resnet18", {"pretrained": "imagenet", "weights": "IMAGENET1K_V1"}, TypeError,
+     r"pretrained= or weights=, not both"),
+    ("torchvision:resnet18", {"pretrained": "tv2"}, ValueError, r"no IMAGENET1K_V2 weights for 'resnet18'"),
+    ("timm:resnet18", {"pretrained": "timm:resnet50.a1_in1k"}, ValueError, r"timm's 'resnet50', not of 'resnet18'"),
     ("nosuch:resnet18", {}, ValueError, r"unknown backbone prefix 'nosuch'.*timm, torchvision"),
 ])
 def test_wrapper_errors(name, kwargs, error, match):

@@ -78,12 +78,38 @@ def test_pyramid_sizes_follow_level_strides():
         (1, 16, -(-97 // s), -(-131 // s)) for s in body.level_strides]
 
 
-def test_wrapped_backbone_detector_runs():
-    model = build_detector("retinanet", backbone="timm:resnet18", num_classes=2, min_size=64, max_size=64,
-                           fpn_channels=32).eval()
+@pytest.mark.parametrize("name", ["timm:resnet18", "torchvision:resnet18"])
+def test_wrapped_backbone_detector_trains_and_detects(name):
+    torch.manual_seed(0)
+    model = build_detector("retinanet", backbone=name, num_classes=3, min_size=128, max_size=128, fpn_channels=32,
+                           detector_kwargs=ZERO_THRESH["retinanet"])
+    body = model.backbone
+    assert body.level_strides == [8, 16, 32, 64, 128]
     with torch.no_grad():
-        (det,) = model([torch.rand(3, 64, 64)])
-    assert set(det) == {"boxes", "labels", "scores"}
+        levels = body.eval()(torch.randn(1, 3, 128, 112))
+    assert [tuple(v.shape) for v in levels.values()] == [(1, 32, -(-128 // s), -(-112 // s))
+                                                         for s in body.level_strides]
+
+    images, targets = _sample()
+    model.train()
+    losses = model(images, targets)
+    assert set(losses) == {"classification", "bbox_regression"}
+    assert all(torch.isfinite(v) and v > 0 for v in losses.values()), losses
+    sum(losses.values()).backward()
+    # Gradients reach the wrapped network's stem and every stage it returns a map from.
+    wrapped = body.body.model if name.startswith("timm:") else body.body.body
+    for stage in ("conv1", "layer2", "layer3", "layer4"):
+        grads = [p.grad for p in getattr(wrapped, stage).parameters()]
+        assert grads and all(g is not None and torch.isfinite(g).all() for g in grads), stage
+        assert sum(g.abs().sum() for g in grads) > 0, stage
+
+    model.eval()
+    with torch.no_grad():
+        (det,) = model(images)
+    assert det["boxes"].ndim == 2 and det["boxes"].shape[1] == 4 and len(det["boxes"]) > 0
+    assert det["labels"].shape == det["scores"].shape == det["boxes"].shape[:1]
+    assert ((det["labels"] >= 0) & (det["labels"] < 3)).all() and ((det["scores"] >= 0) & (det["scores"] <= 1)).all()
+    assert (det["boxes"][:, 2:] <= torch.tensor([112.0, 128.0])).all() and (det["boxes"] >= 0).all()
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from backbones import FrozenBatchNorm2d, build_backbone
-from heads import SegmentationModel, build_head, build_segmentor
+from heads import SegmentationModel, build_head, build_segmentor, list_heads
 from heads.fcn import FCNHead
 
 
@@ -15,6 +15,18 @@ def test_output_is_at_input_size():
     with torch.no_grad():
         for size in [(97, 131), (64, 64), (1, 1), (33, 7)]:
             assert model(torch.randn(2, 3, *size)).shape == (2, 3, *size)
+
+
+@pytest.mark.parametrize("head", list_heads())
+def test_fx_symbolic_trace_equals_eager(head):
+    model = build_segmentor(head=head, backbone="resnet18", num_classes=3, output_stride=16, aux_head=True,
+                            head_kwargs={"channels": 32}).eval()
+    traced = torch.fx.symbolic_trace(model)
+    x = torch.randn(1, 3, 45, 61)
+    with torch.no_grad():
+        assert torch.equal(traced(x), model(x))
+    with pytest.raises(ValueError, match="head was built for"):  # real calls keep the head's feature check
+        model.head([torch.randn(1, 5, 8, 8)])
 
 
 def test_aux_head_only_in_training_and_on_stride_16():

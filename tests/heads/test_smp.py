@@ -61,8 +61,78 @@ def test_encoder_errors(monkeypatch):
         enc.make_dilated(8)
     with pytest.raises(ValueError, match=r"unknown backbone\(s\) \['resnet81'\]"):
         register_smp_encoders(names=["resnet81"])
+    with pytest.raises(TypeError, match=r"\['out_strides'\] are set by smp"):
+        register_smp_encoders(prefix="x-", names=["resnet18"], out_strides=(8,))
     with pytest.raises(ValueError, match=r"prefix must be a non-empty string"):
         register_smp_encoders(prefix="", names=["resnet18"])  # would shadow smp's own "resnet18"
     monkeypatch.setitem(smp_encoders, "mine-resnet18", dict(smp_encoders["resnet18"]))
     with pytest.raises(ValueError, match=r"'mine-resnet18' already exists and is not ours"):
         register_smp_encoders(prefix="mine-", names=["resnet18"])
+
+
+def _smp_imagenet_files(tmp_path, tv_checkpoint):
+    """smp's hub files for resnet18's ImageNet weights: torchvision's keys without the classifier."""
+    import json
+
+    from tests.conftest import save_state_dict
+
+    tv, _ = tv_checkpoint("resnet18")
+    sd = {k: v for k, v in tv.state_dict().items() if not k.startswith("fc.")}
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}))
+    return tv, {"model.safetensors": save_state_dict(sd, tmp_path / "model.safetensors"), "config.json": config}
+
+
+def test_default_imagenet_weights_load_from_the_cache_checked(hf_cache, tmp_path, tv_checkpoint):
+    from tests.conftest import place_in_hf_cache
+
+    settings = smp_encoders["dense-resnet18"]["pretrained_settings"].get("imagenet")  # [] would fetch the files
+    assert settings["repo_id"] == smp_encoders["resnet18"]["pretrained_settings"]["imagenet"]["repo_id"]
+    tv, files = _smp_imagenet_files(tmp_path, tv_checkpoint)
+    place_in_hf_cache(hf_cache, settings["repo_id"], files, revision=settings["revision"])
+    model = smp.Unet("dense-resnet18", classes=2)  # smp's default encoder_weights="imagenet"
+    got = model.encoder.backbone.state_dict()
+    assert got.keys() and all(torch.equal(v, tv.state_dict()[k]) for k, v in got.items())
+    # What smp's hub copy holds is checked like any checkpoint: a wrong one is refused naming the keys.
+    with pytest.raises(ValueError, match=r"smp's pretrained weights.*missing keys: layer4\.1\.bn2\.bias"):
+        model.encoder.load_state_dict({k: v for k, v in got.items() if k != "layer4.1.bn2.bias"})
+
+
+def test_default_imagenet_weights_offline_fail_at_once_naming_the_folder(hf_cache, tmp_path, tv_checkpoint):
+    import shutil
+    import time
+
+    settings = smp_encoders["dense-resnet18"]["pretrained_settings"].get("imagenet")
+    start = time.monotonic()
+    with pytest.raises(ConnectionError) as excinfo:
+        smp.Unet("dense-resnet18", classes=2)
+    assert time.monotonic() - start < 5
+    msg = str(excinfo.value)
+    folder = (hf_cache / "models--smp-hub--resnet18.imagenet" / "snapshots" /
+              settings["revision"])
+    assert "\n" not in msg and "HF_HUB_OFFLINE" in msg and f"place them in {folder} " in msg
+    assert "model.safetensors" in msg and "config.json" in msg
+    # Placing the files there by hand is enough.
+    tv, files = _smp_imagenet_files(tmp_path, tv_checkpoint)
+    folder.mkdir(parents=True)
+    for name, path in files.items():
+        shutil.copy(path, folder / name)
+    model = smp.Unet("dense-resnet18", classes=2)
+    assert torch.equal(model.encoder.backbone.conv1.weight, tv.conv1.weight)
+
+
+def test_unfreeze_encoder_lasts_until_train_for_frozen_stages():
+    names = register_smp_encoders(prefix="dense-frozen1-", names=["resnet18"], frozen_stages=1)
+    try:
+        model = smp.Unet("dense-frozen1-resnet18", encoder_weights=None, classes=2)
+        bb = model.encoder.backbone
+        frozen = list(bb.conv1.parameters()) + list(bb.layer1.parameters())
+        assert frozen and not any(p.requires_grad for p in frozen)
+        model.unfreeze_encoder()  # requires_grad=True and BatchNorm in training mode for the whole encoder
+        assert all(p.requires_grad for p in frozen)
+        model.train()
+        assert not any(p.requires_grad for p in frozen) and not bb.layer1.training and bb.layer2.training
+        assert all(p.requires_grad for p in bb.layer2.parameters())
+    finally:
+        for name in names:
+            smp_encoders.pop(name, None)
