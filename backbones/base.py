@@ -12,6 +12,7 @@ from typing import List, Sequence, Tuple
 import torch
 import torch.fx
 from torch import nn
+from .registry import UsageError
 
 __all__ = ["FeatureSpec", "FeatureInfo", "Backbone", "is_symbolic_tracing"]
 
@@ -68,7 +69,7 @@ class FeatureInfo(tuple):
             raise ValueError("FeatureInfo needs at least one FeatureSpec")
         for s in specs:
             if not isinstance(s, FeatureSpec):
-                raise TypeError(f"FeatureInfo takes FeatureSpec records, got {type(s).__name__}")
+                raise UsageError(f"FeatureInfo takes FeatureSpec records, got {type(s).__name__}")
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise ValueError(f"FeatureInfo names must be unique, got {names}")
@@ -140,7 +141,7 @@ class Backbone(nn.Module):
             return
         name = type(self).__name__
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
+            raise UsageError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 4:
             raise ValueError(f"{name} expects a 4-D (N, C, H, W) tensor, got shape {tuple(x.shape)}")
         if x.shape[1] != self.in_chans:
@@ -153,11 +154,11 @@ class Backbone(nn.Module):
                 f"(input shape {tuple(x.shape)})"
             )
         if not x.is_floating_point():
-            raise TypeError(f"{name} expects a floating-point tensor, got {x.dtype}")
+            raise UsageError(f"{name} expects a floating-point tensor, got {x.dtype}")
         if x.dtype == torch.float64:
             weight = next(self.parameters(), None)
             if weight is not None and weight.dtype != torch.float64:
-                raise TypeError(
+                raise UsageError(
                     f"{name} got a torch.float64 input but its weights are {weight.dtype}; convert the input "
                     f"with x.float() (or the model with .double())"
                 )

@@ -9,6 +9,7 @@ from typing import Callable, Dict
 
 import torch
 from torch import nn
+from .registry import UsageError
 
 __all__ = [
     "NORMS",
@@ -109,13 +110,13 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
     for m in module.modules():
         if isinstance(m, BATCHNORM_TYPES) and not _is_timm_bn_act(m):
             if type(m).forward not in _PLAIN_BN_FORWARDS or any(True for _ in m.children()):
-                raise TypeError(
+                raise UsageError(
                     f"cannot freeze {type(m).__module__}.{type(m).__qualname__}: a BatchNorm subclass with its "
                     f"own forward or submodules; only BatchNorm2d, SyncBatchNorm and timm's BatchNormAct2d are "
                     f"converted"
                 )
             if m.running_mean is None:
-                raise TypeError(
+                raise UsageError(
                     f"cannot freeze {type(m).__name__}({m.num_features}) built with track_running_stats=False: "
                     f"it always normalizes with batch statistics, so there is nothing to freeze"
                 )

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from torch import nn
 
 from .norm import NORM_TYPES
+from .registry import UsageError
 
 __all__ = ["param_groups"]
 
@@ -56,7 +57,7 @@ def param_groups(model: nn.Module, weight_decay: float, *, norm_weight_decay: fl
             covers no parameter of ``model`` (the message suggests close names).
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"param_groups expects an nn.Module, got {type(model).__name__}")
+        raise UsageError(f"param_groups expects an nn.Module, got {type(model).__name__}")
     decays = {
         "decay": _non_negative("weight_decay", weight_decay),
         "norm": _non_negative("norm_weight_decay", norm_weight_decay),
@@ -100,7 +101,7 @@ def _covers(prefix: str, name: str) -> bool:
 
 def _non_negative(what: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{what} must be a number, got {type(value).__name__}: {value!r}")
+        raise UsageError(f"{what} must be a number, got {type(value).__name__}: {value!r}")
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"{what} must be a finite number >= 0, got {value!r}")
     return float(value)
@@ -110,7 +111,7 @@ def _check_lr_mult(model: nn.Module, lr_mult: Optional[Mapping[str, float]]) -> 
     if lr_mult is None:
         return {}
     if not isinstance(lr_mult, Mapping):
-        raise TypeError(f"lr_mult must map module-name prefixes to multipliers, e.g. {{'backbone': 0.1}}, "
+        raise UsageError(f"lr_mult must map module-name prefixes to multipliers, e.g. {{'backbone': 0.1}}, "
                         f"got {type(lr_mult).__name__}: {lr_mult!r}")
     # A prefix must cover a parameter (trainable or not): a module without any, such as a stage that was
     # not built, would silently get no multiplier.

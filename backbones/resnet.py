@@ -15,7 +15,7 @@ from torch import nn
 
 from .base import Backbone, FeatureInfo, FeatureSpec
 from .norm import get_norm_layer
-from .registry import check_kwargs, register_backbone
+from .registry import UsageError, check_kwargs, register_backbone
 from .weights import load_pretrained
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
@@ -349,7 +349,7 @@ class ResNet(Backbone):
 
 def _check_out_strides(out_strides: Sequence[int]) -> Tuple[int, ...]:
     if isinstance(out_strides, int) or not isinstance(out_strides, Sequence):
-        raise TypeError(f"out_strides must be a sequence of ints from {STAGE_STRIDES}, got {out_strides!r}")
+        raise UsageError(f"out_strides must be a sequence of ints from {STAGE_STRIDES}, got {out_strides!r}")
     strides = tuple(out_strides)
     if not strides:
         raise ValueError(f"out_strides must not be empty; pick from {STAGE_STRIDES}")

@@ -19,6 +19,7 @@ from torch import nn
 
 from .base import FeatureInfo
 from .weights import short_names
+from .registry import UsageError
 
 __all__ = ["BackboneConformanceError", "check_backbone"]
 
@@ -56,7 +57,7 @@ def check_backbone(backbone: nn.Module, *, sizes: Sequence[Size] = ((1, 3, 97, 1
         BackboneConformanceError: the backbone breaks the contract; the message lists every violation found.
     """
     if not isinstance(backbone, nn.Module):
-        raise TypeError(f"check_backbone expects an nn.Module, got {type(backbone).__name__}")
+        raise UsageError(f"check_backbone expects an nn.Module, got {type(backbone).__name__}")
     sizes = _check_sizes(sizes, getattr(backbone, "in_chans", None))
     name = type(backbone).__name__
     info = _check_metadata(backbone, name)

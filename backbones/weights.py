@@ -25,6 +25,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+from .registry import UsageError
 
 __all__ = ["WEIGHT_URLS", "TORCHVISION_SOURCES", "load_state_dict_file", "load_pretrained", "pretrained_file",
            "resolve_weights", "cached_path_for_url", "torchvision_url", "timm_weights_file", "hf_weights_file",
@@ -108,7 +109,7 @@ def pretrained_file(source: Union[bool, str, os.PathLike], *, arch: Optional[str
     if source is True:
         source = "imagenet"
     if isinstance(source, bool) or not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"pretrained must be True, 'imagenet', 'tv2', 'timm:<model>.<tag>', a path or a URL, "
+        raise UsageError(f"pretrained must be True, 'imagenet', 'tv2', 'timm:<model>.<tag>', a path or a URL, "
                         f"got {source!r}")
     text = os.fspath(source)
     if text in TORCHVISION_SOURCES:

@@ -19,7 +19,7 @@ from torch import nn
 
 from .base import Backbone, FeatureInfo, FeatureSpec
 from .norm import freeze_batchnorm, get_norm_layer
-from .registry import BACKBONES, check_kwargs
+from .registry import BACKBONES, UsageError, check_kwargs
 from .weights import load_pretrained, pretrained_file, timm_weights_file
 
 Pretrained = Union[bool, str, os.PathLike, None]
@@ -29,7 +29,7 @@ __all__ = ["TimmBackbone", "TorchvisionResNet", "timm_backbone", "torchvision_ba
 
 def _check_strides(out_strides: Sequence[int], available: Sequence[int], what: str) -> Tuple[int, ...]:
     if isinstance(out_strides, int) or not isinstance(out_strides, Sequence) or not out_strides:
-        raise TypeError(
+        raise UsageError(
             f"out_strides must be a non-empty sequence of ints from {tuple(available)}, got {out_strides!r}")
     strides = tuple(out_strides)
     bad = [s for s in strides if s not in available]
@@ -150,7 +150,7 @@ def timm_backbone(name: str, *, out_strides: Sequence[int] = (8, 16, 32), output
                          f"freeze parameters with requires_grad_(False) instead")
     for reserved in ("features_only", "out_indices"):
         if reserved in timm_kwargs:
-            raise TypeError(f"{reserved!r} is set by the wrapper from out_strides; do not pass it")
+            raise UsageError(f"{reserved!r} is set by the wrapper from out_strides; do not pass it")
     timm_kwargs["in_chans"] = in_chans
     nominal, _ = _timm_nominal_info(timm, name, timm_kwargs)
     strides = _check_strides(out_strides, nominal, f"timm model {name!r}")
@@ -271,7 +271,7 @@ def torchvision_backbone(name: str, *, out_strides: Sequence[int] = (8, 16, 32),
         raise ValueError(f"frozen_stages must be an int from -1 to {deepest} for out_strides={strides}, "
                          f"got {frozen_stages!r}")
     if pretrained and weights is not None:
-        raise TypeError(f"pass pretrained= or weights=, not both (got pretrained={pretrained!r}, weights={weights!r})")
+        raise UsageError(f"pass pretrained= or weights=, not both (got pretrained={pretrained!r}, weights={weights!r})")
     # replace_stride_with_dilation for layer2, layer3, layer4: strides beyond output_stride become dilation.
     dilate = [False, output_stride <= 8, output_stride <= 16]
     try:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from backbones.base import FeatureInfo, FeatureSpec, is_symbolic_tracing
-from backbones.registry import Registry
+from backbones.registry import Registry, UsageError
 
 __all__ = ["HEADS", "Head", "register_head", "build_head", "list_heads", "head_out_strides", "nominal_strides"]
 
@@ -86,7 +86,7 @@ class Head(nn.Module):
         super().__init__()
         if not isinstance(feature_info, FeatureInfo):
             if isinstance(feature_info, (str, bytes)) or not isinstance(feature_info, Sequence):
-                raise TypeError(
+                raise UsageError(
                     f"{self.head_name} head: feature_info must be a backbone's FeatureInfo, "
                     f"got {type(feature_info).__name__}"
                 )
@@ -121,7 +121,7 @@ class Head(nn.Module):
         if torch.compiler.is_compiling() or is_symbolic_tracing():
             return
         if not isinstance(features, (list, tuple)):
-            raise TypeError(
+            raise UsageError(
                 f"{self.head_name} head expects the backbone's list of feature maps, got {type(features).__name__}"
             )
         expected = self.in_channels

@@ -20,7 +20,7 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock, LastLevelMaxPool, LastLevelP6P7
 
 from backbones.base import Backbone
-from backbones.registry import Registry, build_backbone
+from backbones.registry import Registry, UsageError, build_backbone
 
 __all__ = ["DETECTORS", "BackboneWithFPN", "build_detector", "list_detectors"]
 
@@ -47,7 +47,7 @@ class BackboneWithFPN(nn.Module):
         super().__init__()
         info = getattr(backbone, "feature_info", None)
         if info is None:
-            raise TypeError(f"backbone must expose feature_info (a backbones.Backbone), got {type(backbone).__name__}")
+            raise UsageError(f"backbone must expose feature_info (a backbones.Backbone), got {type(backbone).__name__}")
         strides = list(info.strides)
         if any(b <= a for a, b in zip(strides, strides[1:])):
             raise ValueError(
@@ -123,7 +123,7 @@ def _check_detector_kwargs(cls: type, kwargs: Mapping[str, Any], name: str) -> N
         if key not in accepted:
             close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise TypeError(f"detector {name!r} got unexpected keyword argument {key!r}{hint}; accepted: "
+            raise UsageError(f"detector {name!r} got unexpected keyword argument {key!r}{hint}; accepted: "
                             f"{', '.join(accepted)}")
 
 
@@ -167,11 +167,11 @@ def build_detector(name: str, *, backbone: Union[str, Backbone] = "resnet18", nu
                 "box_roi_pool"}
     clash = sorted(reserved & set(detector_kwargs))
     if clash:
-        raise TypeError(f"detector_kwargs must not contain {clash}; build_detector sets them")
+        raise UsageError(f"detector_kwargs must not contain {clash}; build_detector sets them")
     _check_detector_kwargs(cls, detector_kwargs, name)
     if isinstance(backbone, nn.Module):
         if backbone_kwargs:
-            raise TypeError(f"backbone keyword arguments {sorted(backbone_kwargs)} apply only when backbone is a name")
+            raise UsageError(f"backbone keyword arguments {sorted(backbone_kwargs)} apply only when backbone is a name")
         bb = backbone
     else:
         backbone_kwargs.setdefault("out_strides", default_strides)

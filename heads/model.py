@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from backbones.base import Backbone
-from backbones.registry import build_backbone
+from backbones.registry import UsageError, build_backbone
 
 from .base import HEADS, build_head, head_out_strides, nominal_strides
 from .fcn import FCNHead
@@ -43,7 +43,7 @@ class SegmentationModel(nn.Module):
         super().__init__()
         info = getattr(backbone, "feature_info", None)
         if info is None:
-            raise TypeError(f"backbone must expose feature_info (a backbones.Backbone), got {type(backbone).__name__}")
+            raise UsageError(f"backbone must expose feature_info (a backbones.Backbone), got {type(backbone).__name__}")
         num_classes = _num_classes(head, "head")
         for name, h in (("head", head), ("aux_head", aux_head)):
             if h is None:
@@ -75,7 +75,7 @@ class SegmentationModel(nn.Module):
 def _num_classes(head: nn.Module, what: str) -> int:
     k = getattr(head, "num_classes", None)
     if not isinstance(k, int):
-        raise TypeError(f"{what} must expose an int num_classes (a heads.Head), got {type(head).__name__}")
+        raise UsageError(f"{what} must expose an int num_classes (a heads.Head), got {type(head).__name__}")
     return k
 
 
@@ -104,14 +104,14 @@ def build_segmentor(*, head: str = "deeplabv3plus", backbone: Union[str, Backbon
         model = build_segmentor(head="deeplabv3plus", backbone="resnet50", num_classes=21, output_stride=16)
     """
     if not isinstance(aux_head, bool):
-        raise TypeError(f"aux_head must be True or False, got {aux_head!r}")
+        raise UsageError(f"aux_head must be True or False, got {aux_head!r}")
     head_kwargs = dict(head_kwargs or {})
     for reserved in ("feature_info", "num_classes"):
         if reserved in head_kwargs:
-            raise TypeError(f"head_kwargs must not contain {reserved!r}; build_segmentor passes it")
+            raise UsageError(f"head_kwargs must not contain {reserved!r}; build_segmentor passes it")
     if isinstance(backbone, nn.Module):
         if output_stride is not None or backbone_kwargs:
-            raise TypeError(
+            raise UsageError(
                 "output_stride and backbone keyword arguments apply only when backbone is a name; got a built "
                 f"{type(backbone).__name__} and "
                 f"{sorted(backbone_kwargs) + (['output_stride'] if output_stride else [])}"

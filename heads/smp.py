@@ -24,7 +24,7 @@ from torch import nn
 from segmentation_models_pytorch.encoders import encoders as SMP_ENCODERS
 from segmentation_models_pytorch.encoders._base import EncoderMixin
 
-from backbones.registry import build_backbone, list_backbones
+from backbones.registry import UsageError, build_backbone, list_backbones
 from backbones.weights import (WEIGHT_URLS, hf_cached_file, hf_snapshot_dir, hf_url, hf_weights_file,
                                hub_unreachable, load_checked)
 
@@ -145,7 +145,7 @@ def register_smp_encoders(prefix: str = "dense-", names: Optional[Sequence[str]]
         raise ValueError(f"prefix must be a non-empty string, got {prefix!r}")
     reserved = sorted({"backbone", "depth", "out_strides", "output_stride"} & set(backbone_kwargs))
     if reserved:
-        raise TypeError(f"{reserved} are set by smp (encoder_depth, encoder_output_stride), not by keyword here")
+        raise UsageError(f"{reserved} are set by smp (encoder_depth, encoder_output_stride), not by keyword here")
     names = list_backbones() if names is None else list(names)
     unknown = [n for n in names if n not in list_backbones()]
     if unknown:
