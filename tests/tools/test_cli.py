@@ -41,6 +41,7 @@ def test_usage_error_is_a_type_error():
     ("--data-kwargs", "{num_imgs: 8}", r"dataset 'synthetic' got unexpected keyword argument\(s\) 'num_imgs' "
                                        r"\(did you mean 'num_images'\?\)"),
     ("--head-kwargs", "{dropuot: 0.1}", r"head '\w+' got unexpected keyword argument\(s\) 'dropuot'"),
+    ("--head-kwargs", "{num_classes: 3}", r"head_kwargs must not contain 'num_classes'"),
 ])
 def test_a_deliberate_type_error_is_one_line(tmp_path, capsys, flag, value, message):
     assert fails_with(main, tiny_run_args(tmp_path, "run", flag, value)) == 1
