@@ -12,9 +12,9 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from .fold import fold_batchnorm
-from .packed import MKLDNN_OPS, PackedConv2d
-from .tensors import device_of
+from .fold import fold_batchnorm, fuse_relu
+from .packed import MKLDNN_OPS, PackedConv2d, fuse_residual_blocks, release_packed
+from .tensors import device_of, to_dtype
 from .winograd import is_eligible as winograd_eligible
 
 __all__ = ["deploy"]
@@ -22,7 +22,7 @@ __all__ = ["deploy"]
 
 def deploy(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_last: bool = True,
            device: Union[str, torch.device, None] = None, pack_weights: bool = True, winograd: bool = True,
-           example_input: Any = None) -> nn.Module:
+           fuse: bool = True, example_input: Any = None) -> nn.Module:
     """Return an inference-only copy of ``model`` (a backbone, a head, a ``SegmentationModel``, any module tree).
 
     The copy is in eval mode with gradients off; every BatchNorm (``BatchNorm2d``, ``SyncBatchNorm``, frozen BN,
@@ -46,6 +46,10 @@ def deploy(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_la
             a second time in the Winograd domain (4x their size) and reused per-thread scratch buffers. Its
             transforms are memory-bound, so what it gains depends on free memory bandwidth. ``False`` keeps every
             convolution on oneDNN's direct kernel (outputs closest to eager).
+        fuse: with ``pack_weights``, apply each ReLU that only reads a convolution's output, and the residual
+            addition and ReLU ending this project's ResNet blocks, inside the convolution (oneDNN post-ops; see
+            :func:`backbones.fold.fuse_relu` and :func:`backbones.packed.fuse_residual_blocks`): one pass over
+            each map fewer per ReLU and per addition, with identical results.
         example_input: what to call ``model`` with to trace conv -> norm pairs; default a
             ``(1, C, 64, 64)`` random tensor with ``C`` the model's ``in_chans`` or its first conv's inputs.
 
@@ -61,7 +65,7 @@ def deploy(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_la
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"deploy expects an nn.Module, got {type(model).__name__}")
-    flags = {"channels_last": channels_last, "pack_weights": pack_weights, "winograd": winograd}
+    flags = {"channels_last": channels_last, "pack_weights": pack_weights, "winograd": winograd, "fuse": fuse}
     for flag, value in flags.items():
         if not isinstance(value, bool):
             raise TypeError(f"deploy {flag} must be a bool, got {value!r}")
@@ -71,11 +75,11 @@ def deploy(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_la
     # counter for PackedConv2d to notice in-place changes by; build them as ordinary tensors either way.
     with torch.inference_mode(False):
         return _deploy(model, dtype=dtype, channels_last=channels_last, target=target, pack_weights=pack_weights,
-                       winograd=winograd, example_input=example_input)
+                       winograd=winograd, fuse=fuse, example_input=example_input)
 
 
 def _deploy(model: nn.Module, *, dtype: Optional[torch.dtype], channels_last: bool, target: torch.device,
-            pack_weights: bool, winograd: bool, example_input: Any) -> nn.Module:
+            pack_weights: bool, winograd: bool, fuse: bool, example_input: Any) -> nn.Module:
     deployed = copy.deepcopy(model).to(target)
     deployed.eval()
     deployed.requires_grad_(False)
@@ -91,6 +95,11 @@ def _deploy(model: nn.Module, *, dtype: Optional[torch.dtype], channels_last: bo
                 m.__class__ = PackedConv2d  # same attributes and parameters, only forward differs
                 # Winograd in fp32 only: its ~1e-5 error is noise there, but bf16 has ~3 digits to lose.
                 m.winograd = winograd and m.weight.dtype == torch.float32 and winograd_eligible(m)
+                m.fused_relu = m.fused_relu  # an instance attribute, which TorchScript sees (a deployed copy's stays)
+        if fuse:
+            fuse_residual_blocks(deployed)
+            fuse_relu(deployed, example_input=to_dtype(example_input, dtype))
+            release_packed(deployed)  # the weights packed for the probe's shape
     return deployed
 
 

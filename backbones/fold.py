@@ -1,5 +1,6 @@
-"""BatchNorm folding for :func:`backbones.deploy`: a norm is paired with the convolution it reads by tracing the
-data flow, not by attribute names, so any module tree (ours, torchvision's, timm's) folds.
+"""BatchNorm folding and ReLU fusion for :func:`backbones.deploy`: a norm (or a ReLU) is paired with the
+convolution it reads by tracing the data flow, not by attribute names, so any module tree (ours, torchvision's,
+timm's) folds.
 """
 
 from typing import Any, Dict, List, Optional, Set, Tuple
@@ -13,7 +14,7 @@ from .norm import FrozenBatchNorm2d
 from .packed import PackedConv2d
 from .tensors import device_of, iter_tensors
 
-__all__ = ["fold_batchnorm"]
+__all__ = ["fold_batchnorm", "fuse_relu"]
 
 # Input size used to trace which convolution feeds which norm when the caller gives no example input.
 PROBE_SIZE = 64
@@ -49,12 +50,7 @@ def fold_batchnorm(model: nn.Module, *, example_input: Any = None) -> List[str]:
             parent, name = parents[bn]  # registered once: checked when the pair was found
             setattr(parent, name, _fold_pair(conv, bn))
         check = model(example_input)
-    for ref, out in zip(iter_tensors(reference), iter_tensors(check)):
-        scale = ref.float().abs().max().clamp_min(1e-12)
-        err = float((out.float() - ref.float()).abs().max() / scale)
-        if err > 1e-3:
-            raise RuntimeError(f"folding BatchNorm changed {type(model).__name__}'s output (relative error {err:.2e});"
-                               f" a convolution output is probably used outside the module tree's data flow")
+    _check_same(reference, check, model, "folding BatchNorm")
     return sorted(names[bn] for bn in pairs)
 
 
@@ -78,11 +74,13 @@ _METADATA_CALLS = frozenset({"dim", "size", "numel", "stride", "is_contiguous", 
 
 
 class _DataFlow(TorchFunctionMode):
-    """Records, for every tensor, the norm module (or ``None`` for "elsewhere") of each call that reads it."""
+    """Records, for every tensor in call order, the watched module (a norm, a ReLU; ``None`` for "elsewhere") of
+    each call that reads it."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.current_norm: Optional[nn.Module] = None
+        self.current: Optional[nn.Module] = None
+        self.muted = 0  # > 0 while a convolution runs: its own inner operations are not reads of its output
         self.readers: Dict[int, List[Optional[nn.Module]]] = {}
         self.keep: List[torch.Tensor] = []  # keeps recorded tensors alive so their ids stay unique
 
@@ -90,10 +88,10 @@ class _DataFlow(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = getattr(func, "__name__", "")
-        if name in _METADATA_CALLS or (name == "__get__" and not isinstance(out, torch.Tensor)):
+        if self.muted or name in _METADATA_CALLS or (name == "__get__" and not isinstance(out, torch.Tensor)):
             return out
         for t in iter_tensors((args, kwargs)):
-            self.readers.setdefault(id(t), []).append(self.current_norm)
+            self.readers.setdefault(id(t), []).append(self.current)
             self.keep.append(t)
         return out
 
@@ -110,10 +108,10 @@ def _traced_pairs(model: nn.Module, example_input: Any
         flow.keep.append(output)
 
     def enter_norm(module, inputs):
-        flow.current_norm = module
+        flow.current = module
 
     def leave_norm(module, inputs, output):
-        flow.current_norm = None
+        flow.current = None
 
     handles = []
     for m in model.modules():
@@ -147,6 +145,90 @@ def _traced_pairs(model: nn.Module, example_input: Any
         if all(reader is bn for reader in flow.readers.get(id(source), [])):
             pairs[bn] = conv
     return pairs, set(calls), output
+
+
+def fuse_relu(model: nn.Module, *, example_input: Any = None) -> List[str]:
+    """Fuse, in place, every ``nn.ReLU`` that only ever reads the fresh output of a :class:`PackedConv2d` into it.
+
+    As for folding, the pairs come from the data flow of one run on ``example_input``: a ReLU module qualifies if
+    each of its calls reads the output of a packed convolution that runs once, before anything else reads that
+    output (and, for an out-of-place ReLU, nothing else ever does). Its convolutions then apply the ReLU
+    themselves (``fused_relu``, a oneDNN post-op) and the ReLU module becomes ``nn.Identity``. A ReLU shared with
+    other uses (a residual block's, applied after the addition) stays. Outputs are checked on ``example_input``.
+
+    Returns:
+        the qualified names of the fused ReLUs.
+    """
+    if example_input is None:
+        example_input = _probe_input(model)
+    calls: Dict[nn.Module, List[Tuple[Any, Any]]] = {}
+    flow = _DataFlow()
+
+    def record(module, inputs, output):
+        calls.setdefault(module, []).append((inputs[0] if inputs else None, output))
+        flow.keep.append(output)
+
+    def enter(module, inputs):
+        flow.current = module
+
+    def leave(module, inputs, output):
+        flow.current = None
+
+    def mute(module, inputs):
+        flow.muted += 1
+
+    def unmute(module, inputs, output):
+        flow.muted -= 1
+
+    handles = []
+    for m in model.modules():
+        if type(m) is PackedConv2d:
+            handles += [m.register_forward_pre_hook(mute), m.register_forward_hook(unmute)]
+            if not m.fused_relu:
+                handles.append(m.register_forward_hook(record))
+        elif type(m) is nn.ReLU:
+            handles += [m.register_forward_pre_hook(enter), m.register_forward_hook(record),
+                        m.register_forward_hook(leave)]
+    try:
+        with torch.no_grad(), flow:
+            reference = model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+    produced_by = {id(out): conv for conv, c in calls.items() if type(conv) is PackedConv2d and len(c) == 1
+                   for _, out in c}
+    returned = {id(t) for t in iter_tensors(reference)}
+    fused: Dict[nn.Module, List[nn.Module]] = {}
+    for relu, c in calls.items():
+        if type(relu) is not nn.ReLU:
+            continue
+        convs = [produced_by.get(id(inp)) for inp, _ in c]
+        readers = [flow.readers.get(id(inp), []) for inp, _ in c]
+        if any(conv is None for conv in convs) or any(not r or r[0] is not relu for r in readers):
+            continue
+        if not relu.inplace and any(set(r) != {relu} or id(inp) in returned for r, (inp, _) in zip(readers, c)):
+            continue
+        fused[relu] = convs
+    for relu, convs in fused.items():
+        for conv in convs:
+            conv.fused_relu = True
+    names = {m: n for n, m in model.named_modules()}
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if child in fused:
+                setattr(parent, name, nn.Identity())
+    with torch.no_grad():
+        _check_same(reference, model(example_input), model, "fusing ReLUs")
+    return sorted(names[r] for r in fused)
+
+
+def _check_same(reference: Any, check: Any, model: nn.Module, what: str) -> None:
+    for ref, out in zip(iter_tensors(reference), iter_tensors(check)):
+        scale = ref.float().abs().max().clamp_min(1e-12)
+        err = float((out.float() - ref.float()).abs().max() / scale)
+        if err > 1e-3:
+            raise RuntimeError(f"{what} changed {type(model).__name__}'s output (relative error {err:.2e}); a "
+                               f"convolution output is probably used outside the module tree's data flow")
 
 
 def _sequential_pairs(model: nn.Module) -> Dict[nn.Module, nn.Module]:

@@ -1,18 +1,24 @@
-"""``PackedConv2d``: an ``nn.Conv2d`` that runs eager CPU inference through oneDNN with its weight packed once.
+"""``PackedConv2d``: an ``nn.Conv2d`` that runs eager CPU inference through oneDNN with its weight packed once,
+optionally with a ReLU and a residual addition fused into the convolution (oneDNN post-ops).
 
 Eager PyTorch converts every convolution's weight into oneDNN's blocked layout on every call; this converts it
-once per input shape, as ``torch.jit.optimize_for_inference`` and Inductor's freezing do.
+once per input shape, as ``torch.jit.optimize_for_inference`` and Inductor's freezing do. A ReLU or a residual
+addition run as separate operators reads and writes the whole map once more each; as post-ops they are applied
+while the convolution's output is still in cache, as ONNX Runtime and Inductor do. :func:`fuse_residual_blocks`
+rewrites this project's ResNet blocks to use them.
 """
 
 import weakref
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
+from .resnet import BasicBlock, Bottleneck
 from .winograd import transform_weight, winograd_conv3x3
 
-__all__ = ["MKLDNN_OPS", "PackedConv2d"]
+__all__ = ["MKLDNN_OPS", "PackedConv2d", "FusedBasicBlock", "FusedBottleneck", "fuse_residual_blocks",
+           "release_packed"]
 
 # oneDNN's fused-convolution ops (Inductor's CPU backend uses them); absent from builds without mkldnn.
 MKLDNN_OPS = torch.backends.mkldnn.is_available() and all(
@@ -34,19 +40,35 @@ class PackedConv2d(nn.Conv2d):
     With ``winograd`` set (by :func:`backbones.deploy`, for eligible layers, see
     :func:`backbones.winograd.is_eligible`), fp32 inputs take :func:`backbones.winograd.winograd_conv3x3` instead,
     with the weight transformed once.
+
+    With ``fused_relu`` set (by :func:`backbones.deploy`, when a ReLU only ever reads this convolution's output),
+    the output goes through a ReLU, as a oneDNN post-op on the packed path. :meth:`forward_add` adds a residual
+    before that ReLU, also as a post-op.
     """
 
     max_cached_shapes = 4
     winograd = False
+    fused_relu = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting() and self._packable(x):
-            return self._packed_forward(x)
-        return self._conv_forward(x, self.weight, self.bias)
+        if not torch.jit.is_scripting() and self._packable(x, None):
+            return self._packed_forward(x, None)
+        y = self._conv_forward(x, self.weight, self.bias)
+        return torch.relu(y) if self.fused_relu else y
+
+    def forward_add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``conv(x) + residual``, then the ReLU if ``fused_relu``; ``residual`` has the output's shape."""
+        if not torch.jit.is_scripting() and self._packable(x, residual):
+            return self._packed_forward(x, residual)
+        y = self._conv_forward(x, self.weight, self.bias) + residual
+        return torch.relu(y) if self.fused_relu else y
 
     @torch.jit.unused
-    def _packable(self, x: torch.Tensor) -> bool:
+    def _packable(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None) -> bool:
         if torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing():
+            return False
+        if residual is not None and (type(residual) is not torch.Tensor or residual.dtype != x.dtype
+                                     or residual.dim() != 4):
             return False
         # Exactly torch.Tensor: fake, functional and proxy tensors of tracers take the ordinary path.
         if type(x) is not torch.Tensor or x.device.type != "cpu" or x.dim() != 4 or x.dtype != self.weight.dtype:
@@ -58,7 +80,7 @@ class PackedConv2d(nn.Conv2d):
         return not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
 
     @torch.jit.unused
-    def _packed_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _packed_forward(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.Tensor:
         cache = _PACKED.setdefault(self, {})
         if self.winograd and x.dtype == torch.float32:
             key = ("winograd", self.weight.data_ptr(), _version(self.weight))
@@ -66,7 +88,7 @@ class PackedConv2d(nn.Conv2d):
             if weight is None:
                 cache.clear()
                 weight = cache[key] = transform_weight(self.weight)
-            return winograd_conv3x3(x, weight, self.bias)
+            return winograd_conv3x3(x, weight, self.bias, residual=residual, relu=self.fused_relu)
         x = x.contiguous(memory_format=torch.channels_last)
         key = (tuple(x.shape), self.weight.data_ptr(), _version(self.weight))
         weight = cache.get(key)
@@ -76,9 +98,67 @@ class PackedConv2d(nn.Conv2d):
             weight = cache[key] = torch.ops.mkldnn._reorder_convolution_weight(
                 self.weight.detach(), list(self.padding), list(self.stride), list(self.dilation), self.groups,
                 list(x.shape))
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, weight, self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups,
-            "none", [], "")
+        args = (weight, self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups)
+        if residual is None:
+            return torch.ops.mkldnn._convolution_pointwise(x, *args, "relu" if self.fused_relu else "none", [], "")
+        residual = residual.contiguous(memory_format=torch.channels_last)
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, residual, *args, "add", 1.0, "relu" if self.fused_relu else None, [], "")
+
+
+class FusedBasicBlock(BasicBlock):
+    """:class:`backbones.resnet.BasicBlock` after folding, with its ReLUs and residual addition fused into the
+    convolutions (see :func:`fuse_residual_blocks`); same parameters and outputs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(x)  # bn1 folded, ReLU fused
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.conv2.forward_add(out, identity)  # bn2 folded; + identity, ReLU
+
+
+class FusedBottleneck(Bottleneck):
+    """:class:`backbones.resnet.Bottleneck` after folding, with its ReLUs and residual addition fused into the
+    convolutions (see :func:`fuse_residual_blocks`); same parameters and outputs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv2(self.conv1(x))
+        identity = x if self.downsample is None else self.downsample(x)
+        return self.conv3.forward_add(out, identity)
+
+
+_FUSED = {BasicBlock: (FusedBasicBlock, ("conv1", "conv2"), ("bn1", "bn2")),
+          Bottleneck: (FusedBottleneck, ("conv1", "conv2", "conv3"), ("bn1", "bn2", "bn3"))}
+
+
+def fuse_residual_blocks(model: nn.Module) -> List[str]:
+    """Turn, in place, every folded ResNet block of ``model`` into its fused form; returns their names.
+
+    A block qualifies when its norms were folded (they are ``nn.Identity``), its convolutions are
+    :class:`PackedConv2d` and its activation is ``nn.ReLU``: each convolution then applies the ReLU that follows
+    it, and the last one adds the shortcut first, as oneDNN post-ops. The block's class becomes
+    :class:`FusedBasicBlock` / :class:`FusedBottleneck` (subclasses, same parameters and state dict).
+    """
+    fused = []
+    for name, m in model.named_modules():
+        entry = _FUSED.get(type(m))
+        if entry is None:
+            continue
+        cls, convs, norms = entry
+        if type(m.relu) is not nn.ReLU or not all(type(getattr(m, n)) is nn.Identity for n in norms) \
+                or not all(type(getattr(m, c)) is PackedConv2d for c in convs):
+            continue
+        for c in convs:
+            getattr(m, c).fused_relu = True
+        m.__class__ = cls
+        fused.append(name)
+    return fused
+
+
+def release_packed(model: nn.Module) -> None:
+    """Drop the packed (and Winograd-domain) weights cached for ``model``'s convolutions; they are rebuilt on the
+    next call."""
+    for m in model.modules():
+        _PACKED.pop(m, None)
 
 
 def _version(weight: torch.Tensor) -> int:

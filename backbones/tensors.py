@@ -1,11 +1,11 @@
 """Small helpers over nests of tensors and the modules holding them, shared by the deploy modules and tools."""
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 from torch import nn
 
-__all__ = ["device_of", "iter_tensors"]
+__all__ = ["device_of", "iter_tensors", "to_dtype"]
 
 
 def iter_tensors(obj: Any) -> Iterator[torch.Tensor]:
@@ -18,6 +18,20 @@ def iter_tensors(obj: Any) -> Iterator[torch.Tensor]:
     elif isinstance(obj, (list, tuple)):
         for v in obj:
             yield from iter_tensors(v)
+
+
+def to_dtype(obj: Any, dtype: Optional[torch.dtype]) -> Any:
+    """``obj`` (a nest of tensors, lists, tuples and dicts) with its floating-point tensors cast to ``dtype``
+    (``None``: unchanged)."""
+    if dtype is None:
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return obj.to(dtype) if obj.is_floating_point() else obj
+    if isinstance(obj, dict):
+        return {k: to_dtype(v, dtype) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_dtype(v, dtype) for v in obj)
+    return obj
 
 
 def device_of(model: nn.Module) -> torch.device:

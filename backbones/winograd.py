@@ -108,11 +108,14 @@ def release_workspace() -> None:
     _WORKSPACE.buffers.clear()
 
 
-def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """3x3 convolution, stride 1, padding 1, of ``x`` with the weight ``u = transform_weight(w)``.
+def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tensor], *,
+                     residual: Optional[torch.Tensor] = None, relu: bool = False) -> torch.Tensor:
+    """3x3 convolution, stride 1, padding 1, of ``x`` with the weight ``u = transform_weight(w)``, plus
+    ``residual`` if given, then a ReLU if ``relu`` (both applied per chunk, while it is in cache).
 
-    Shape: ``x (N, C, H, W)`` fp32, any memory format -> ``(N, K, H, W)`` channels_last, equal to
-    ``F.conv2d(x, w, bias, padding=1)`` to about 1e-5 relative error. Inference only (no autograd).
+    Shape: ``x (N, C, H, W)`` fp32, any memory format; ``residual (N, K, H, W)`` -> ``(N, K, H, W)``
+    channels_last, equal to ``F.conv2d(x, w, bias, padding=1)`` to about 1e-5 relative error. Inference only
+    (no autograd).
     """
     n, c, h, w = x.shape
     k = u.shape[2]
@@ -120,8 +123,11 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tens
         raise ValueError(f"weight of shape {tuple(u.shape)} does not take {c} input channels")
     th, tw = -(-h // TILE), -(-w // TILE)  # tiles per column / row; the last ones may overhang
 
+    if residual is not None and residual.shape != (n, k, h, w):
+        raise ValueError(f"residual of shape {tuple(residual.shape)} does not match the output {(n, k, h, w)}")
     out = torch.empty((n, k, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
     out_nhwc, x_nhwc = out.permute(0, 2, 3, 1), x.permute(0, 2, 3, 1)
+    res_nhwc = None if residual is None else residual.permute(0, 2, 3, 1)
     # Tiles are processed in chunks of at most CHUNK_BYTES of scratch, whatever the input size: several whole
     # images where they fit (small images in a batch would otherwise make many small matrix products), else rows
     # of tiles of one image. Each chunk gets its own zero-padded NHWC copy of the input rows it reads (4 per tile
@@ -144,7 +150,12 @@ def winograd_conv3x3(x: torch.Tensor, u: torch.Tensor, bias: Optional[torch.Tens
             padded[:, :, 0].zero_()
             padded[:, :, w + 1:].zero_()
             padded[:, top - lo:bottom - lo, 1:w + 1].copy_(x_nhwc[i0:i1, top:bottom])
-            _tile_rows(padded, out_nhwc[i0:i1, TILE * r0:TILE * r1], u, bias)
+            dst = out_nhwc[i0:i1, TILE * r0:TILE * r1]
+            _tile_rows(padded, dst, u, bias)
+            if res_nhwc is not None:
+                dst.add_(res_nhwc[i0:i1, TILE * r0:TILE * r1])
+            if relu:
+                dst.clamp_min_(0)
     return out
 
 
@@ -168,9 +179,18 @@ def _tile_rows(padded: torch.Tensor, out: torch.Tensor, u: torch.Tensor, bias: O
     y = second[:TILE * TILE * tiles * k].view(TILE * TILE, tiles * k)
     torch.mm(_OUTPUT_T.to(padded.device), m.view(SPAN * SPAN, tiles * k), out=y)
 
-    # y[p, q] holds output pixel (4i + p, 4j + q) of tile (i, j): scatter the 16 offsets, adding the bias.
+    # y[p, q] holds output pixel (4i + p, 4j + q) of tile (i, j): scatter the 16 offsets, adding the bias; in
+    # one operator where every tile is whole (each operator costs a thread synchronisation).
     h, w = out.shape[1:3]
     y = y.view(TILE, TILE, g, rows, tw, k)
+    if h == TILE * rows and w == TILE * tw:
+        dst = out.view(g, rows, TILE, tw, TILE, k)
+        src = y.permute(2, 3, 0, 4, 1, 5)
+        if bias is None:
+            dst.copy_(src)
+        else:
+            torch.add(src, bias, out=dst)
+        return
     for p in range(TILE):
         for q in range(TILE):
             src = y[p, q, :, :(h - p + TILE - 1) // TILE, :(w - q + TILE - 1) // TILE]

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from backbones import FrozenBatchNorm2d, build_backbone, deploy, list_backbones
-from backbones.packed import PackedConv2d
+from backbones.packed import FusedBasicBlock, FusedBottleneck, PackedConv2d
 from heads import build_segmentor, list_heads
 from tests.backbones.helpers import BF16_OK, batchnorms, rel_err
 
@@ -92,10 +92,11 @@ def test_torchvision_and_timm_models_fold(randomize):
                   timm.create_model("resnet18d", features_only=True),
                   build_backbone("timm:efficientnet_b0"), build_backbone("torchvision:resnet18")):
         check_equivalent(randomize(model), x)
-    # timm's fused BatchNormAct2d folds and keeps its activation.
+    # timm's fused BatchNormAct2d folds and keeps its activation, which then fuses into the convolution.
     seq = nn.Sequential(nn.Conv2d(3, 8, 3), timm.layers.BatchNormAct2d(8, act_layer=nn.ReLU))
+    assert isinstance(check_equivalent(randomize(seq), x, fuse=False)[1], nn.ReLU)
     fast = check_equivalent(randomize(seq), x)
-    assert isinstance(fast[1], nn.ReLU)
+    assert isinstance(fast[1], nn.Identity) and fast[0].fused_relu
 
 
 def test_deploy_twice_is_harmless(randomize):
@@ -162,3 +163,25 @@ def test_deploy_and_run_under_inference_mode_and_outside_it(randomize):
     for outs in (inside, outside, from_inference_weights, into_deployed):
         assert all(rel_err(o, r) < 1e-4 for o, r in zip(outs, ref))
     assert any(isinstance(m, PackedConv2d) and m.winograd for m in fast.modules())
+
+
+@pytest.mark.parametrize("name, block", [("resnet18", FusedBasicBlock), ("resnet50", FusedBottleneck)])
+def test_relus_and_residual_additions_fuse_into_the_convolutions(name, block, randomize):
+    model = randomize(build_segmentor(head="deeplabv3plus", backbone=name, num_classes=5, output_stride=16))
+    x = torch.randn(1, 3, 64, 96)
+    fast = check_equivalent(model, x)
+    blocks = [m for m in fast.backbone.modules() if hasattr(m, "downsample")]
+    assert blocks and all(type(m) is block for m in blocks)
+    # Every ReLU the forward still calls reads something other than a fresh convolution output: here, none.
+    called = []
+    for m in fast.modules():
+        if isinstance(m, nn.ReLU):
+            m.register_forward_hook(lambda mod, i, o: called.append(mod))
+    with torch.no_grad():
+        fast(x)
+    assert called == [] and fast.backbone.conv1.fused_relu
+    unfused = check_equivalent(model, x, fuse=False)
+    assert not any(type(m) is block for m in unfused.modules())
+    assert not any(getattr(m, "fused_relu", False) for m in unfused.modules())
+    with torch.no_grad():
+        assert all(rel_err(a, b) < 1e-5 for a, b in zip(unfused(x), fast(x)))

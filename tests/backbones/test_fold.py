@@ -1,13 +1,15 @@
 """fold_batchnorm(): folding follows the data flow, so only a norm that reads nothing but a plain convolution's
 output is folded, and the folded names are reported."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from backbones import build_backbone, deploy
-from backbones.fold import fold_batchnorm
+from backbones.fold import fold_batchnorm, fuse_relu
 from tests.backbones.helpers import batchnorms, rel_err
 
 
@@ -93,3 +95,76 @@ def test_fold_batchnorm_reports_folded_names(randomize):
     folded = fold_batchnorm(model)
     assert folded == sorted(["bn1", "layer1.0.bn1", "layer1.0.bn2", "layer1.1.bn1", "layer1.1.bn2"])
     assert isinstance(model.bn1, nn.Identity)
+
+
+class ReluAfterAnotherRead(nn.Module):
+    """Something reads the conv output before an in-place ReLU changes it: fusing would change that read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.relu = nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        y = self.conv(x)
+        s = y.mean()
+        return self.relu(y) * s
+
+
+class PreReluOutputReturned(ReluAfterAnotherRead):
+    """An out-of-place ReLU whose input is also returned."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        y = self.conv(x)
+        return [self.relu(y), y]
+
+
+class ReluSharedWithNonConv(ReluAfterAnotherRead):
+    """One ReLU module applied to a conv output and to something else: it must stay a ReLU."""
+
+    def forward(self, x):
+        return self.relu(self.conv(x)) + self.relu(x.mean(1, keepdim=True))
+
+
+class ConvBnRelu(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True))
+        self.head = nn.Conv2d(4, 4, 1)
+        self.act = nn.ReLU()  # out of place, reads only the head conv's output
+
+    def forward(self, x):
+        return self.act(self.head(self.body(x)))
+
+
+@pytest.mark.parametrize("cls", [ReluAfterAnotherRead, PreReluOutputReturned, ReluSharedWithNonConv])
+def test_unsafe_relus_are_not_fused(cls, randomize):
+    model = randomize(cls())
+    x = torch.randn(2, 3, 16, 16)
+    fast = deploy(model)
+    assert isinstance(fast.relu, nn.ReLU) and not fast.conv.fused_relu
+    with torch.no_grad():
+        ref, out = model.eval()(x), fast(x)
+    for o, r in zip(out if isinstance(out, list) else [out], ref if isinstance(ref, list) else [ref]):
+        assert rel_err(o, r) < 1e-5
+
+
+def test_relus_reading_only_a_convolution_are_fused(randomize):
+    model = randomize(ConvBnRelu())
+    x = torch.randn(2, 3, 16, 16)
+    fast = deploy(model)
+    assert type(fast.body[2]) is nn.Identity and type(fast.act) is nn.Identity
+    assert fast.body[0].fused_relu and fast.head.fused_relu
+    with torch.no_grad():
+        assert rel_err(fast(x), model.eval()(x)) < 1e-5
+        # The ordinary (autograd, export) path applies the fused ReLU too.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream
+            scripted = torch.jit.script(fast)
+        assert rel_err(scripted(x), model(x)) < 1e-5
+    unfused = deploy(model, fuse=False)
+    assert isinstance(unfused.body[2], nn.ReLU) and not unfused.body[0].fused_relu
+    assert fuse_relu(deploy(model, fuse=False)) == ["act", "body.2"]

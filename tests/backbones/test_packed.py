@@ -43,3 +43,30 @@ def test_packed_conv_follows_weight_changes_and_falls_back_for_autograd():
     assert x.grad is not None and x.grad.abs().sum() > 0
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert packed(x).dtype == torch.bfloat16  # autocast is honoured (ordinary path)
+
+
+@pytest.mark.parametrize("channels, size", [(16, (9, 11)), (256, (8, 12)), (256, (9, 10))],
+                         ids=["direct", "winograd-whole-tiles", "winograd-partial-tiles"])
+def test_fused_relu_and_residual_equal_the_separate_ops(channels, size):
+    conv = nn.Conv2d(channels, channels, 3, padding=1)
+    packed = deploy(conv)
+    assert packed.winograd == (channels >= 256)
+    packed.fused_relu = True
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, channels, *size, generator=gen)
+    residual = torch.randn(2, channels, *size, generator=gen)
+    with torch.no_grad():
+        ref = conv(x)
+        assert rel_err(packed(x), F.relu(ref)) < 5e-5
+        assert rel_err(packed.forward_add(x, residual), F.relu(ref + residual)) < 5e-5
+        packed.fused_relu = False
+        assert rel_err(packed.forward_add(x, residual), ref + residual) < 5e-5
+    packed.fused_relu = True
+    x.requires_grad_(True)  # the ordinary path computes the same function
+    assert rel_err(packed.forward_add(x, residual).detach(), F.relu(ref + residual)) < 1e-5
+    if BF16_OK and channels < 256:
+        packed16 = deploy(conv, dtype=torch.bfloat16)
+        packed16.fused_relu = True
+        with torch.no_grad():
+            out = packed16.forward_add(x.detach().bfloat16(), residual.bfloat16())
+        assert out.dtype == torch.bfloat16 and rel_err(out, F.relu(ref + residual)) < 2e-2

@@ -117,7 +117,7 @@ def test_deploy_routes_wide_3x3_layers_in_fp32_only(monkeypatch, randomize):
     assert winograd_layers(deploy(model, winograd=True)) == winograd_layers(fast)
     calls = []
     real = packed_module.winograd_conv3x3
-    monkeypatch.setattr(packed_module, "winograd_conv3x3", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(packed_module, "winograd_conv3x3", lambda *a, **k: calls.append(1) or real(*a, **k))
     x = torch.randn(2, 3, 70, 50)
     with torch.no_grad():
         out, ref = fast(x), model.eval()(x)
