@@ -1,22 +1,26 @@
-"""Side-by-side speed and memory of this project's backbones against torchvision, timm and smp.
+"""Side-by-side speed and memory of this project's backbones against torchvision, timm, smp and inference engines.
 
 Examples::
 
-    python -m tools.benchmark --models resnet18,resnet50 --size 512x1024 --dtype fp32,bf16
+    python -m tools.benchmark --models resnet18,resnet50 --size 512x1024 --precision fp32,bf16
+    python -m tools.benchmark --models resnet18+fpn --engines torch,onnxruntime,openvino --precision fp32,bf16,int8
     python -m tools.benchmark --models resnet50 --output-stride 8 --size 512x512 --batch 4
     python -m tools.benchmark --models resnet18+fpn,resnet50+deeplabv3plus --output-stride 16
     python -m tools.benchmark --mode train --models resnet50 --output-stride 8 --size 512x512 --batch 2 \\
         --train-variants eager,checkpoint
 
-Inference mode prints, per model, one row per candidate: this project's eager backbone, its ``deploy()`` copy
-in each requested dtype, each peer (torchvision ``IntermediateLayerGetter``, timm ``features_only``, smp encoder;
-all in default eager fp32 form, loaded with the same weights and checked to give the same output), and a
-2048x2048 matrix product: median/min/max ms, speedup over the fastest peer (or over our eager model when there
-are no peers, as for ``backbone+head`` models), effective GFLOP/s of the convolutions, the fraction of the matrix
-product's rate, and peak tensor memory. Every candidate runs under ``torch.inference_mode()``; repetitions are
-interleaved round-robin so a busy machine slows all candidates alike. Training mode times full steps (forward,
-loss, backward, SGD) of each variant (``checkpoint``, ``channels_last``, ``bf16`` autocast, or '+' combinations).
-See ``tools/bench/profiling.py`` for how FLOPs and memory are counted.
+Inference mode prints, per model, one row per candidate: this project's eager model, its ``deploy()`` copy in
+each requested precision (``--engines torch``), the same model exported to ONNX and run by ONNX Runtime and
+OpenVINO in each precision they support (``--engines onnxruntime,openvino``; int8 is quantized once on a few
+seeded random batches: speed only), each peer (torchvision ``IntermediateLayerGetter``, timm ``features_only``,
+smp encoder; all in default eager fp32 form, loaded with the same weights and checked to give the same output),
+and 2048x2048 matrix products per precision and library: median/min/max ms, speedup over the fastest peer (or
+over our eager model when there are no peers, as for ``backbone+head`` models), effective GFLOP/s of the
+convolutions, the fraction of the machine's peak for the row's precision (the fastest of the matrix products),
+and peak tensor memory (PyTorch rows). Every candidate runs under ``torch.inference_mode()`` with the same number
+of threads; repetitions are interleaved round-robin so a busy machine slows all candidates alike. Training mode
+times full steps (forward, loss, backward, SGD) of each variant (``checkpoint``, ``channels_last``, ``bf16``
+autocast, or '+' combinations). See ``tools/bench/profiling.py`` for how FLOPs and memory are counted.
 """
 
 from __future__ import annotations
@@ -28,15 +32,18 @@ from typing import List, Optional
 
 import torch
 
+from .bench.engines import ENGINES, check_engines
 from .bench.inference import run_inference
 from .bench.memory import reuse_freed_memory
 from .bench.peers import PEERS
-from .bench.profiling import DTYPES, parse_size
+from .bench.profiling import parse_size
 from .bench.report import format_result, load_average, machine
 from .bench.training import run_training, train_flags
 from .engine.cli import add_list_argument, run_cli
 
 __all__ = ["parse_args", "run", "main"]
+
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -46,17 +53,21 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                       help="backbones, or backbone+head for a segmentation model (comma- or space-separated)")
     p.add_argument("--size", default="512x1024", help="input HxW")
     p.add_argument("--batch", type=int, default=1)
-    add_list_argument(p, "--dtype", default=["fp32"], choices=tuple(DTYPES),
-                      help="deploy dtypes: fp32, bf16 (CPU/CUDA), fp16 (CUDA); peers always run in fp32")
+    add_list_argument(p, "--precision", "--dtype", dest="precision", default=["fp32"], choices=PRECISIONS,
+                      help="precisions of the engines' rows: fp32; bf16 (torch deploy, openvino); int8 (onnxruntime, "
+                           "openvino); fp16 (torch on CUDA); eager and peers always run in fp32. --dtype: same")
+    add_list_argument(p, "--engines", default=["torch"], choices=ENGINES,
+                      help="what runs the model besides eager PyTorch: torch (deploy()), onnxruntime, openvino")
     p.add_argument("--output-stride", type=int, default=32, choices=(8, 16, 32))
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--mode", default="infer", choices=("infer", "train"))
     add_list_argument(p, "--train-variants", default=["eager", "checkpoint"],
                       help="training variants; each is eager or '+'-joined checkpoint/channels_last/bf16")
-    add_list_argument(p, "--peers", default=list(PEERS), choices=PEERS, help="peers to compare with (inference mode)")
+    add_list_argument(p, "--peers", default=list(PEERS), choices=PEERS + ("none",),
+                      help="peers to compare with (inference mode); none: no peers")
     p.add_argument("--ablation", action="store_true",
-                   help="also time deploy without channels_last, without packed weights, and without "
-                        "Winograd (winograd=False; inference mode)")
+                   help="also time deploy without channels_last, without packed weights, without Winograd "
+                        "(winograd=False) and without ReLU/addition fusion (fuse=False); inference mode")
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
@@ -73,6 +84,8 @@ def run(argv: Optional[List[str]] = None) -> int:
     size = parse_size(args.size)
     for v in args.train_variants:
         train_flags(v)
+    if args.mode == "infer":
+        check_engines(args.engines)
     if args.batch < 1 or args.reps < 1 or args.warmup < 0:
         raise ValueError(f"--batch and --reps must be >= 1 and --warmup >= 0, got {args.batch}, {args.reps}, "
                          f"{args.warmup}")
@@ -94,7 +107,9 @@ def run(argv: Optional[List[str]] = None) -> int:
         common = dict(size=size, batch=args.batch, output_stride=args.output_stride, device=device,
                       reps=args.reps, warmup=args.warmup)
         if args.mode == "infer":
-            result = run_inference(spec, dtypes=args.dtype, peers=args.peers, ablation=args.ablation, **common)
+            peers = [] if "none" in args.peers else args.peers
+            result = run_inference(spec, precisions=args.precision, engines=args.engines, peers=peers,
+                                   ablation=args.ablation, **common)
         else:
             result = run_training(spec, variants=args.train_variants, **common)
         print(format_result(result), flush=True)

@@ -1,45 +1,54 @@
-"""The benchmark tool on tiny inputs: table contents, peers on the same weights, skipped peers, bad input.
-No timing is asserted."""
+"""The benchmark tool on tiny inputs: table contents, peers on the same weights, skipped peers, engine rows,
+the peak column, bad input. No timing is asserted."""
 
+import importlib.util
 import json
 import sys
 
 import pytest
 
+import torch
+
 from tools.bench.inference import run_inference
 from tools.bench.report import format_result
 from tools.bench.training import run_training
 from tools.benchmark import main
+from tools.bench.peak import peak_rates
 from tools.bench.peers import PeerUnavailable, build_peer
 
-TINY = dict(size=(64, 96), batch=1, device=__import__("torch").device("cpu"), reps=1, warmup=0)
+TINY = dict(size=(64, 96), batch=1, device=torch.device("cpu"), reps=1, warmup=0)
 
 
 def rows_by_name(result):
     return {r["candidate"]: r for r in result["rows"]}
 
 
+def model_rows(result):
+    """The rows that time the model (not the matrix products)."""
+    return {n: r for n, r in rows_by_name(result).items() if not n.startswith("gemm ")}
+
+
 def test_inference_table_with_every_peer():
-    result = run_inference("resnet18", dtypes=["fp32"], output_stride=32, **TINY)
+    result = run_inference("resnet18", precisions=["fp32"], output_stride=32, **TINY)
     rows = rows_by_name(result)
     assert {"dense eager", "dense deploy fp32", "torchvision ILG", "timm features_only", "smp encoder",
-            "matmul 2048 fp32"} <= set(rows)
+            "gemm 2048 fp32 torch.mm"} <= set(rows)
     # Every peer was loaded with our weights and gave our output; otherwise a note says so.
     assert not [n for n in result["notes"] if "differs" in n or "skipped" in n], result["notes"]
     assert result["reference"] in ("torchvision ILG", "timm features_only", "smp encoder")
     assert rows[result["reference"]]["speedup"] == pytest.approx(1.0)
     eager = rows["dense eager"]
     assert eager["gflops"] == pytest.approx(result["conv_gflop"] / (eager["median_ms"] / 1e3))
-    assert 0 < eager["peak_mib"] and rows["matmul 2048 fp32"]["speedup"] is None
+    assert 0 < eager["peak_mib"] and rows["gemm 2048 fp32 torch.mm"]["speedup"] is None
     text = format_result(result)
-    assert "median ms" in text and "% of mm" in text and "smp encoder" in text
+    assert "median ms" in text and "% of peak" in text and "smp encoder" in text
 
 
 def test_unavailable_peers_are_skipped_with_a_note(monkeypatch):
     monkeypatch.setitem(sys.modules, "segmentation_models_pytorch", None)  # as if not installed
     monkeypatch.setitem(sys.modules, "segmentation_models_pytorch.encoders", None)
     # torchvision's BasicBlock cannot dilate, so ResNet-18 at output stride 8 has no torchvision peer.
-    result = run_inference("resnet18", dtypes=["fp32"], output_stride=8, **TINY)
+    result = run_inference("resnet18", precisions=["fp32"], output_stride=8, **TINY)
     rows = rows_by_name(result)
     assert "torchvision ILG" not in rows and "smp encoder" not in rows and "timm features_only" in rows
     notes = " ".join(result["notes"])
@@ -49,12 +58,62 @@ def test_unavailable_peers_are_skipped_with_a_note(monkeypatch):
 
 
 def test_segmentation_model_is_compared_with_its_eager_form():
-    result = run_inference("resnet18+fcn", dtypes=["fp32"], output_stride=16, ablation=True, **TINY)
-    rows = rows_by_name(result)
+    result = run_inference("resnet18+fcn", precisions=["fp32"], output_stride=16, ablation=True, **TINY)
+    rows = model_rows(result)
     assert result["reference"] == "dense eager" and set(rows) == {
         "dense eager", "dense deploy fp32", "dense deploy fp32 NCHW", "dense deploy fp32 unpacked",
-        "dense deploy fp32 direct", "matmul 2048 fp32"}
+        "dense deploy fp32 direct", "dense deploy fp32 unfused"}
     assert not result["notes"]  # the ablation variants compute the same function too
+
+
+needs_engines = pytest.mark.skipif(
+    not all(importlib.util.find_spec(m) for m in ("onnxruntime", "openvino", "onnx", "onnxscript")),
+    reason="the deploy extra (onnxruntime, openvino, onnx) is not installed")
+
+
+@needs_engines
+def test_engines_join_the_table_for_a_segmentation_model():
+    result = run_inference("resnet18+fcn", precisions=["fp32", "bf16", "int8"], output_stride=16, peers=(),
+                           engines=("torch", "onnxruntime", "openvino"), **TINY)
+    rows = model_rows(result)
+    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    expected = {"dense eager", "dense deploy fp32", "onnxruntime fp32", "onnxruntime int8", "openvino fp32",
+                "openvino int8"} | ({"dense deploy bf16", "openvino bf16"} if bf16 else set())
+    assert set(rows) == expected
+    notes = " ".join(result["notes"])
+    # fp32 engines run the same network (checked before timing); the pairs an engine cannot run are named.
+    assert "differs" not in notes and "onnxruntime bf16: skipped" in notes and "dense deploy int8: skipped" in notes
+    assert all(rows[n]["peak_mib"] is None for n in rows if not n.startswith("dense"))
+    assert set(result["peaks"]) == ({"fp32", "bf16", "int8"} if bf16 else {"fp32", "int8"})
+    text = format_result(result)
+    assert "openvino int8" in text and "peak = fastest product per precision" in text
+
+
+def test_peak_column_is_the_fastest_product_of_each_precision():
+    result = run_inference("resnet18", precisions=["fp32"], output_stride=32, peers=(), **TINY)
+    rows = rows_by_name(result)
+    gemms = {n: r for n, r in rows.items() if n.startswith("gemm 2048 fp32")}
+    assert "gemm 2048 fp32 torch.mm" in gemms
+    fastest = max(gemms, key=lambda n: rows[n]["gflops"])
+    assert result["peaks"]["fp32"]["gemm"] == fastest
+    assert rows[fastest]["peak_fraction"] == pytest.approx(1.0)
+    assert all(r["peak_fraction"] <= 1.0 + 1e-9 for r in gemms.values())
+    for name in ("dense eager", "dense deploy fp32"):
+        assert rows[name]["peak_fraction"] == pytest.approx(rows[name]["gflops"] / rows[fastest]["gflops"])
+    # The peak of each precision is its own fastest product, whichever library ran it.
+    assert peak_rates({"gemm 2048 fp32 torch.mm": 2.0, "gemm 2048 fp32 onnxruntime": 4.0,
+                       "gemm 2048 bf16 torch.mm": 9.0, "dense eager": 99.0}) == {
+        "fp32": (4.0, "gemm 2048 fp32 onnxruntime"), "bf16": (9.0, "gemm 2048 bf16 torch.mm")}
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
+def test_missing_engine_package_is_a_one_line_error(engine, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, engine, None)  # as if not installed
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--models", "resnet18", "--size", "64x64", "--engines", f"torch,{engine}", "--reps", "1"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: --engines") and engine in err and "[deploy]" in err
 
 
 def test_training_table():
@@ -69,17 +128,22 @@ def test_training_table():
 
 def test_command_line_writes_json(tmp_path, capsys):
     path = tmp_path / "bench.json"
-    assert main(["--models", "resnet18", "--size", "64x64", "--reps", "1", "--warmup", "0", "--peers", "timm",
-                 "--json", str(path)]) == 0
+    assert main(["--models", "resnet18", "--size", "64x64", "--reps", "1", "--warmup", "0", "--peers", "none",
+                 "--dtype", "fp32", "--json", str(path)]) == 0
     out = capsys.readouterr().out
     assert "torch threads" in out and "load average" in out
     report = json.loads(path.read_text())
     assert report["machine"]["threads"] >= 1 and report["results"][0]["model"] == "resnet18"
+    # --dtype still names the deploy precisions; --peers none leaves the peers out.
+    rows = {r["candidate"] for r in report["results"][0]["rows"]}
+    assert "dense deploy fp32" in rows and not rows & {"torchvision ILG", "timm features_only", "smp encoder"}
 
 
 @pytest.mark.parametrize("argv, message", [
     (["--size", "16x64"], "minimum input side 32"),
     (["--dtype", "fp8"], "fp8"),
+    (["--precision", "int4"], "int4"),
+    (["--engines", "tensorrt"], "tensorrt"),
     (["--peers", "keras"], "keras"),
     (["--mode", "train", "--train-variants", "eager,fast"], "fast"),
     (["--models", "resnet19"], "resnet18"),

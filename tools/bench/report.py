@@ -19,10 +19,14 @@ def format_result(result: Dict[str, Any]) -> str:
     lines = [f"\n{result['model']}  input {shape}  output stride {result['output_stride']}"]
     if result["mode"] == "infer":
         lines[0] += f"  ({result['conv_gflop']:.1f} GFLOP of convolutions)  speedup vs {result['reference']}"
-        header = ("candidate", "median ms", "min", "max", "speedup", "GFLOP/s", "% of mm", "peak MiB")
+        peaks = result.get("peaks", {})
+        if peaks:
+            lines.append("peak = fastest product per precision: " + ", ".join(
+                f"{p} {v['gflops']:.0f} GFLOP/s ({v['gemm'].split(maxsplit=3)[-1]})" for p, v in peaks.items()))
+        header = ("candidate", "median ms", "min", "max", "speedup", "GFLOP/s", "% of peak", "peak MiB")
         cells = [(r["candidate"], f"{r['median_ms']:.1f}", f"{r['min_ms']:.1f}", f"{r['max_ms']:.1f}",
                   "" if r["speedup"] is None else f"{r['speedup']:.2f}x", f"{r['gflops']:.0f}",
-                  "" if r["mm_fraction"] is None else f"{100 * r['mm_fraction']:.0f}%",
+                  "" if r["peak_fraction"] is None else f"{100 * r['peak_fraction']:.0f}%",
                   "" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}") for r in result["rows"]]
     else:
         lines[0] += f"  (training steps, ratios vs {result['reference']})"
