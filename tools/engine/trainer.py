@@ -8,9 +8,7 @@ logged s/it counts training only; evaluations are timed apart, and the ETA adds 
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 import signal
 import sys
 import time
@@ -39,11 +37,12 @@ from .losses import SegLoss
 from .metrics import ConfusionMatrix, format_table
 from .model import MODEL_KEYS, build_model, describe_model
 from .precision import autocast, grad_scaler, resolve_amp
+from .run_folder import RunLog, clear_outputs, fmt_time, prepare_run_dir
 from .schedule import poly_warmup_scheduler
-from .tensorboard_log import EVENTS_GLOB, BoardWriter, tensorboard_available
+from .tensorboard_log import BoardWriter, tensorboard_available
 from .visualize import comparison, plot_curves, save_png
 
-__all__ = ["DEFAULT_ITERS", "DEFAULT_LR", "NOT_CONFIG", "OPTIMIZERS", "RunLog", "RunState", "TrainingInterrupted",
+__all__ = ["DEFAULT_ITERS", "DEFAULT_LR", "NOT_CONFIG", "OPTIMIZERS", "RunState", "TrainingInterrupted",
            "check_config", "setup", "train_step", "log_step", "evaluate_and_save", "save", "finish", "train"]
 
 DEFAULT_ITERS = 400
@@ -51,50 +50,6 @@ OPTIMIZERS = ("sgd", "adamw")
 DEFAULT_LR = {"sgd": 0.01, "adamw": 0.001}
 # Keys of the command line that are not part of a run's config.
 NOT_CONFIG = ("config", "resume")
-
-
-class RunLog:
-    """Log lines on stdout (all of them, bars or not) and ``metrics.jsonl`` records, on rank 0 only; the
-    records and a few pictures also go to TensorBoard when ``board`` is set."""
-
-    def __init__(self, run_dir: Path, *, enabled: bool, board: Optional[BoardWriter] = None) -> None:
-        self.enabled = enabled
-        self.path = run_dir / "metrics.jsonl"
-        self.board = board
-
-    def print(self, message: str) -> None:
-        if self.enabled:
-            tqdm.write(message, file=sys.stdout)
-            sys.stdout.flush()
-
-    def record(self, entry: Mapping[str, Any]) -> None:
-        if self.enabled:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(to_plain(entry)) + "\n")
-            if self.board is not None:
-                self.board.record(entry)
-
-    def images(self, tag: str, images: List[np.ndarray], step: int) -> None:
-        if self.enabled and self.board is not None:
-            self.board.images(tag, images, step)
-            self.board.flush()
-
-    def close(self) -> None:
-        if self.board is not None:
-            self.board.close()
-            self.board = None
-
-    def truncate_after(self, iteration: int) -> None:
-        """Drop the records a killed run wrote after its last checkpoint, so a resumed log reads straight."""
-        if self.enabled and self.path.is_file():
-            lines = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
-            kept = [ln for ln in lines if json.loads(ln).get("iter", 0) <= iteration]
-            self.path.write_text("".join(ln + "\n" for ln in kept))
-
-
-def fmt_time(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 @dataclass
@@ -176,52 +131,6 @@ def check_config(cfg: Dict[str, Any]) -> None:
                            "--no-tensorboard)")
 
 
-def _default_name(cfg: Mapping[str, Any]) -> str:
-    name = f"{cfg['backbone']}_{cfg['head']}_{cfg['dataset']}_{time.strftime('%Y%m%d-%H%M%S')}"
-    return name.replace(":", "-").replace("/", "-")
-
-
-# What a run writes into its folder, besides checkpoints: a new run in a folder whose run left no checkpoint
-# replaces them.
-RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "curves.png", "vis", EVENTS_GLOB)
-
-
-def _prepare_run_dir(cfg: Dict[str, Any], resuming: bool) -> Tuple[Path, bool]:
-    """Rank 0 picks (and checks) the run folder; every process gets the same answer or the same error.
-
-    Returns the folder and whether it holds a run that stopped before its first checkpoint, which a new run
-    (the same command again) replaces: only a folder with a checkpoint holds something worth keeping.
-    """
-    answer: Tuple[Optional[str], bool, Optional[str]] = (None, False, None)
-    if dist_utils.is_main():
-        if resuming:
-            run_dir = Path(cfg["resume"]).parent
-        else:
-            cfg["name"] = cfg.get("name") or _default_name(cfg)
-            run_dir = Path(cfg["output_dir"]) / cfg["name"]
-        error, restart = None, False
-        if not resuming and any((run_dir / f).exists() for f in ("last.pt", "best.pt")):
-            error = (f"run folder {str(run_dir)!r} already holds a run; continue it with --resume {run_dir} "
-                     f"or choose another --name")
-        elif not resuming:
-            restart = (run_dir / "config.yaml").exists()
-        answer = (str(run_dir), restart, error)
-    run_dir_s, restart, error = dist_utils.broadcast_object(answer)
-    if error:
-        raise ValueError(error)
-    return Path(run_dir_s), restart
-
-
-def _clear_outputs(run_dir: Path) -> None:
-    """Remove what a run that left no checkpoint wrote, so the new run's log and pictures start clean."""
-    for pattern in RUN_OUTPUTS:
-        for path in run_dir.glob(pattern):
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-
-
 def _build_datasets(cfg: Mapping[str, Any]) -> Tuple[SegmentationDataset, SegmentationDataset]:
     crop = cfg["crop_size"] * 2 if len(cfg["crop_size"]) == 1 else cfg["crop_size"]
     common = dict(root=cfg["root"], **(cfg["data_kwargs"] or {}))
@@ -293,7 +202,7 @@ def setup(cfg: Dict[str, Any], info: dist_utils.DistInfo, checkpoint: Optional[M
     max_iters = cfg["iters"] = cfg.get("iters") or DEFAULT_ITERS
     eval_interval = cfg.get("eval_interval") or max(1, math.ceil(max_iters / 4))
 
-    run_dir, restart = _prepare_run_dir(cfg, resuming)
+    run_dir, restart = prepare_run_dir(cfg, resuming)
     where = repr(str(cfg["resume"])) if resuming else ""
     model = build_model(cfg, train_ds.num_classes, pretrained=None if resuming else cfg.get("pretrained"))
     if resuming:
@@ -319,7 +228,7 @@ def setup(cfg: Dict[str, Any], info: dist_utils.DistInfo, checkpoint: Optional[M
 
     if info.is_main:
         if restart:
-            _clear_outputs(run_dir)
+            clear_outputs(run_dir)
             state.log.print(f"run folder {run_dir} holds no checkpoint (its run stopped before the first save): "
                             f"starting that run again")
         run_dir.mkdir(parents=True, exist_ok=True)
