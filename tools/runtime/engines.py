@@ -17,6 +17,7 @@ ONNX Runtime and OpenVINO are imported when first needed; without them the error
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import tempfile
@@ -360,7 +361,9 @@ def _from_module(model: nn.Module, *, source_name: str, engine: str, precision: 
         raise ValueError(f"precision int8 for {source_name} needs calibration batches to quantize it")
     with tempfile.TemporaryDirectory(prefix="dense-engine-") as tmp:
         path = Path(tmp) / "model.onnx"
-        export_onnx(model.cpu().eval(), str(path), example=torch.randn(2, _first_conv_channels(model) or 3, 96, 96),
+        if any(p.device.type != "cpu" for p in model.parameters()):
+            model = copy.deepcopy(model).cpu()  # the caller's model stays where it is
+        export_onnx(model.eval(), str(path), example=torch.randn(2, _first_conv_channels(model) or 3, 96, 96),
                     min_size=32)
         if precision == "int8":
             quantized = Path(tmp) / "model.int8.onnx"
