@@ -12,8 +12,8 @@ from typing import Any, Optional, Union
 import torch
 from torch import nn
 
-from .fold import fold_batchnorm, fuse_relu
-from .packed import MKLDNN_OPS, PackedConv2d, fuse_residual_blocks, release_packed
+from .fold import fold_batchnorm, fuse_relu, mark_dead_inputs
+from .packed import MKLDNN_OPS, FusedBasicBlock, FusedBottleneck, PackedConv2d, fuse_residual_blocks, release_packed
 from .tensors import device_of, to_dtype
 from .winograd import is_eligible as winograd_eligible
 
@@ -98,7 +98,10 @@ def _deploy(model: nn.Module, *, dtype: Optional[torch.dtype], channels_last: bo
                 m.fused_relu = m.fused_relu  # an instance attribute, which TorchScript sees (a deployed copy's stays)
         if fuse:
             fuse_residual_blocks(deployed)
-            fuse_relu(deployed, example_input=to_dtype(example_input, dtype))
+            probe = to_dtype(example_input, dtype)
+            fuse_relu(deployed, example_input=probe)
+            mark_dead_inputs(deployed, [m for m in deployed.modules() if type(m) in (FusedBasicBlock, FusedBottleneck)
+                                        and m.downsample is None], example_input=probe)
             release_packed(deployed)  # the weights packed for the probe's shape
     return deployed
 

@@ -14,7 +14,7 @@ from .norm import FrozenBatchNorm2d
 from .packed import PackedConv2d
 from .tensors import device_of, iter_tensors
 
-__all__ = ["fold_batchnorm", "fuse_relu"]
+__all__ = ["fold_batchnorm", "fuse_relu", "mark_dead_inputs"]
 
 # Input size used to trace which convolution feeds which norm when the caller gives no example input.
 PROBE_SIZE = 64
@@ -81,6 +81,8 @@ class _DataFlow(TorchFunctionMode):
         super().__init__()
         self.current: Optional[nn.Module] = None
         self.muted = 0  # > 0 while a convolution runs: its own inner operations are not reads of its output
+        self.calls = 0  # recorded calls so far: the clock of ``read_at``
+        self.read_at: Dict[int, List[int]] = {}  # storage (views share it) -> when it was read
         self.readers: Dict[int, List[Optional[nn.Module]]] = {}
         self.keep: List[torch.Tensor] = []  # keeps recorded tensors alive so their ids stay unique
 
@@ -90,8 +92,10 @@ class _DataFlow(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if self.muted or name in _METADATA_CALLS or (name == "__get__" and not isinstance(out, torch.Tensor)):
             return out
+        self.calls += 1
         for t in iter_tensors((args, kwargs)):
             self.readers.setdefault(id(t), []).append(self.current)
+            self.read_at.setdefault(_storage(t), []).append(self.calls)
             self.keep.append(t)
         return out
 
@@ -220,6 +224,63 @@ def fuse_relu(model: nn.Module, *, example_input: Any = None) -> List[str]:
     with torch.no_grad():
         _check_same(reference, model(example_input), model, "fusing ReLUs")
     return sorted(names[r] for r in fused)
+
+
+def mark_dead_inputs(model: nn.Module, blocks: List[nn.Module], *, example_input: Any = None) -> List[str]:
+    """Set ``reuse_shortcut`` on each of ``blocks`` (fused residual blocks with an identity shortcut) whose input
+    nothing reads after the block's call: then the block may write its sum into its input.
+
+    From the data flow of one run on ``example_input``: a block qualifies if it runs once, its input's memory
+    (shared by any view of it) is neither the model's input nor part of its output, and nothing reads that memory
+    once the block has returned. Outputs are checked on ``example_input``.
+
+    Returns:
+        the qualified names of the blocks marked.
+    """
+    if example_input is None:
+        example_input = _probe_input(model)
+    flow = _DataFlow()
+    windows: Dict[nn.Module, List[List[Any]]] = {}
+
+    def start(module, inputs):
+        windows.setdefault(module, []).append([flow.calls + 1, None, inputs[0] if inputs else None])
+        flow.keep.append(inputs[0] if inputs else None)
+
+    def end(module, inputs, output):
+        windows[module][-1][1] = flow.calls
+
+    handles = []
+    for b in blocks:
+        handles += [b.register_forward_pre_hook(start), b.register_forward_hook(end)]
+    try:
+        with torch.no_grad(), flow:
+            reference = model(example_input)
+    finally:
+        for h in handles:
+            h.remove()
+    outside = {_storage(t) for t in iter_tensors((example_input, reference))}
+    marked = []
+    for block, calls in windows.items():
+        if len(calls) != 1:
+            continue
+        _, last, x = calls[0]
+        if not isinstance(x, torch.Tensor) or _storage(x) in outside or last is None:
+            continue
+        if all(t <= last for t in flow.read_at.get(_storage(x), [])):
+            marked.append(block)
+    for block in marked:
+        block.reuse_shortcut = True
+    with torch.no_grad():
+        _check_same(reference, model(example_input), model, "writing residual sums in place")
+    names = {m: n for n, m in model.named_modules()}
+    return sorted(names[b] for b in marked)
+
+
+def _storage(t: torch.Tensor) -> Optional[int]:
+    try:
+        return t.untyped_storage()._cdata
+    except (NotImplementedError, RuntimeError):  # opaque layouts (oneDNN packed weights) have no storage
+        return None
 
 
 def _check_same(reference: Any, check: Any, model: nn.Module, what: str) -> None:

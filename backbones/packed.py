@@ -52,14 +52,19 @@ class PackedConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting() and self._packable(x, None):
-            return self._packed_forward(x, None)
+            return self._packed_forward(x, None, False)
         y = self._conv_forward(x, self.weight, self.bias)
         return torch.relu(y) if self.fused_relu else y
 
-    def forward_add(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """``conv(x) + residual``, then the ReLU if ``fused_relu``; ``residual`` has the output's shape."""
+    def forward_add(self, x: torch.Tensor, residual: torch.Tensor, reuse_residual: bool = False) -> torch.Tensor:
+        """``conv(x) + residual``, then the ReLU if ``fused_relu``; ``residual`` has the output's shape.
+
+        ``reuse_residual``: the caller never uses ``residual`` again, so the packed path may write the result into
+        its memory instead of a new tensor (one allocation fewer, which for large maps means no fresh pages for
+        the kernel to zero-fill).
+        """
         if not torch.jit.is_scripting() and self._packable(x, residual):
-            return self._packed_forward(x, residual)
+            return self._packed_forward(x, residual, reuse_residual)
         y = self._conv_forward(x, self.weight, self.bias) + residual
         return torch.relu(y) if self.fused_relu else y
 
@@ -80,7 +85,8 @@ class PackedConv2d(nn.Conv2d):
         return not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad))
 
     @torch.jit.unused
-    def _packed_forward(self, x: torch.Tensor, residual: Optional[torch.Tensor]) -> torch.Tensor:
+    def _packed_forward(self, x: torch.Tensor, residual: Optional[torch.Tensor], reuse_residual: bool
+                        ) -> torch.Tensor:
         cache = _PACKED.setdefault(self, {})
         if self.winograd and x.dtype == torch.float32:
             key = ("winograd", self.weight.data_ptr(), _version(self.weight))
@@ -101,29 +107,47 @@ class PackedConv2d(nn.Conv2d):
         args = (weight, self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups)
         if residual is None:
             return torch.ops.mkldnn._convolution_pointwise(x, *args, "relu" if self.fused_relu else "none", [], "")
+        unary = "relu" if self.fused_relu else None
+        if reuse_residual and _owns_memory(residual):
+            return torch.ops.mkldnn._convolution_pointwise_.binary(residual, x, *args, "add", 1.0, unary, [], "")
         residual = residual.contiguous(memory_format=torch.channels_last)
-        return torch.ops.mkldnn._convolution_pointwise.binary(
-            x, residual, *args, "add", 1.0, "relu" if self.fused_relu else None, [], "")
+        return torch.ops.mkldnn._convolution_pointwise.binary(x, residual, *args, "add", 1.0, unary, [], "")
+
+
+def _owns_memory(t: torch.Tensor) -> bool:
+    """Whether ``t`` is a whole NHWC-contiguous storage that may be written here (not a view of another tensor,
+    not an inference tensor outside inference mode)."""
+    return (t._base is None and t.storage_offset() == 0 and t.is_contiguous(memory_format=torch.channels_last)
+            and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+            and (not t.is_inference() or torch.is_inference_mode_enabled()))
 
 
 class FusedBasicBlock(BasicBlock):
     """:class:`backbones.resnet.BasicBlock` after folding, with its ReLUs and residual addition fused into the
-    convolutions (see :func:`fuse_residual_blocks`); same parameters and outputs."""
+    convolutions (see :func:`fuse_residual_blocks`); same parameters and outputs.
+
+    ``reuse_shortcut``: the shortcut (the downsampled input, or the input itself when nothing else reads it) is
+    dead after the addition, so the sum is written into it."""
+
+    reuse_shortcut = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(x)  # bn1 folded, ReLU fused
         identity = x if self.downsample is None else self.downsample(x)
-        return self.conv2.forward_add(out, identity)  # bn2 folded; + identity, ReLU
+        return self.conv2.forward_add(out, identity, self.reuse_shortcut)  # bn2 folded; + identity, ReLU
 
 
 class FusedBottleneck(Bottleneck):
     """:class:`backbones.resnet.Bottleneck` after folding, with its ReLUs and residual addition fused into the
-    convolutions (see :func:`fuse_residual_blocks`); same parameters and outputs."""
+    convolutions (see :func:`fuse_residual_blocks`); same parameters and outputs; ``reuse_shortcut`` as in
+    :class:`FusedBasicBlock`."""
+
+    reuse_shortcut = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv2(self.conv1(x))
         identity = x if self.downsample is None else self.downsample(x)
-        return self.conv3.forward_add(out, identity)
+        return self.conv3.forward_add(out, identity, self.reuse_shortcut)
 
 
 _FUSED = {BasicBlock: (FusedBasicBlock, ("conv1", "conv2"), ("bn1", "bn2")),
@@ -136,7 +160,9 @@ def fuse_residual_blocks(model: nn.Module) -> List[str]:
     A block qualifies when its norms were folded (they are ``nn.Identity``), its convolutions are
     :class:`PackedConv2d` and its activation is ``nn.ReLU``: each convolution then applies the ReLU that follows
     it, and the last one adds the shortcut first, as oneDNN post-ops. The block's class becomes
-    :class:`FusedBasicBlock` / :class:`FusedBottleneck` (subclasses, same parameters and state dict).
+    :class:`FusedBasicBlock` / :class:`FusedBottleneck` (subclasses, same parameters and state dict). A block
+    whose shortcut is a folded convolution (a fresh tensor nobody else holds) adds into it in place
+    (``reuse_shortcut``); for an identity shortcut, :func:`backbones.fold.mark_dead_inputs` decides.
     """
     fused = []
     for name, m in model.named_modules():
@@ -150,8 +176,17 @@ def fuse_residual_blocks(model: nn.Module) -> List[str]:
         for c in convs:
             getattr(m, c).fused_relu = True
         m.__class__ = cls
+        m.reuse_shortcut = _fresh_output(m.downsample)
         fused.append(name)
     return fused
+
+
+def _fresh_output(module: Optional[nn.Module]) -> bool:
+    """Whether ``module`` returns a new tensor of its own: a packed convolution, then only folded norms."""
+    if module is None:
+        return False
+    children = list(module.children()) if type(module) is nn.Sequential else [module]
+    return bool(children) and type(children[0]) is PackedConv2d and all(type(c) is nn.Identity for c in children[1:])
 
 
 def release_packed(model: nn.Module) -> None:

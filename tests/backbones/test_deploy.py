@@ -180,6 +180,10 @@ def test_relus_and_residual_additions_fuse_into_the_convolutions(name, block, ra
     with torch.no_grad():
         fast(x)
     assert called == [] and fast.backbone.conv1.fused_relu
+    # Every block adds into its shortcut: a fresh downsampled map, or an input nothing reads afterwards.
+    assert all(m.reuse_shortcut for m in blocks)
+    with torch.no_grad():  # the maps the backbone returns are not overwritten by the blocks after them
+        assert all(rel_err(a, b) < 1e-4 for a, b in zip(fast.backbone(x), model.backbone.eval()(x)))
     unfused = check_equivalent(model, x, fuse=False)
     assert not any(type(m) is block for m in unfused.modules())
     assert not any(getattr(m, "fused_relu", False) for m in unfused.modules())

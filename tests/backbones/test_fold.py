@@ -168,3 +168,54 @@ def test_relus_reading_only_a_convolution_are_fused(randomize):
     unfused = deploy(model, fuse=False)
     assert isinstance(unfused.body[2], nn.ReLU) and not unfused.body[0].fused_relu
     assert fuse_relu(deploy(model, fuse=False)) == ["act", "body.2"]
+
+
+def two_blocks():
+    from backbones.resnet import BasicBlock
+
+    return BasicBlock(8, 8), BasicBlock(8, 8)
+
+
+class BlocksInSequence(nn.Module):
+    """The second block's input (the first one's output) is dead afterwards; the first one's is the model's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.b1, self.b2 = two_blocks()
+
+    def forward(self, x):
+        return self.b2(self.b1(x))
+
+
+class MiddleReturned(BlocksInSequence):
+    def forward(self, x):
+        y = self.b1(x)
+        return [y, self.b2(y)]
+
+
+class MiddleReadAfter(BlocksInSequence):
+    def forward(self, x):
+        y = self.b1(x)
+        return self.b2(y) * y.mean()
+
+
+class ViewOfMiddleReadAfter(BlocksInSequence):
+    def forward(self, x):
+        y = self.b1(x)
+        part = y[:, :4]
+        return [self.b2(y), part * 2]
+
+
+@pytest.mark.parametrize("cls, reused", [(BlocksInSequence, ["b2"]), (MiddleReturned, []), (MiddleReadAfter, []),
+                                         (ViewOfMiddleReadAfter, [])])
+def test_blocks_write_into_their_input_only_when_nothing_reads_it_later(cls, reused, randomize):
+    model = randomize(cls())
+    x = torch.randn(2, 8, 16, 16)
+    kept = x.clone()
+    fast = deploy(model)
+    assert [n for n in ("b1", "b2") if getattr(fast, n).reuse_shortcut] == reused
+    with torch.no_grad():
+        ref, out = model.eval()(x), fast(x)
+    assert torch.equal(x, kept), "the model's input must never be written"
+    for o, r in zip(out if isinstance(out, list) else [out], ref if isinstance(ref, list) else [ref]):
+        assert rel_err(o, r) < 1e-5
