@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--color-jitter", type=float, default=0.2, help="brightness/contrast/saturation jitter")
     g.add_argument("--workers", type=int, default=2, help="data loader processes per training process")
     g = p.add_argument_group("optimization")
-    g.add_argument("--batch-size", type=int, default=8, help="per process")
+    g.add_argument("--batch-size", type=int, default=16, help="per process")
     g.add_argument("--val-batch-size", type=int, default=1, help="per process; images of different sizes "
                                                                  "are padded (padding is not scored)")
     g.add_argument("--iters", type=int, help=f"training iterations; unset: {DEFAULT_ITERS}, or --epochs")
@@ -73,14 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS,
                    help="sgd (with momentum; the usual choice with --pretrained) or adamw (trains from scratch "
                         "much faster: the default synthetic run)")
-    g.add_argument("--lr", type=float, help="base learning rate; unset: 0.01 for sgd, 0.001 for adamw")
+    g.add_argument("--lr", type=float, help="base learning rate; unset: 0.01 for sgd, 0.003 for adamw (from "
+                                            "scratch; fine-tuning pretrained weights with adamw wants ~1e-4)")
     g.add_argument("--momentum", type=float, default=0.9, help="sgd momentum")
     g.add_argument("--weight-decay", type=float, default=1e-4, help="for weights")
     g.add_argument("--norm-weight-decay", type=float, default=0.0, help="for norm parameters")
     g.add_argument("--bias-weight-decay", type=float, default=0.0, help="for biases")
     g.add_argument("--backbone-lr-mult", type=float, default=1.0,
                    help="backbone lr = base lr x this (0.1 is usual with --pretrained); the head gets base lr")
-    g.add_argument("--warmup-iters", type=int, default=30)
+    g.add_argument("--warmup-iters", type=int, default=40)
     g.add_argument("--warmup-ratio", type=float, default=0.1, help="lr factor at the first warm-up iteration")
     g.add_argument("--poly-power", type=float, default=0.9)
     g.add_argument("--ohem-thresh", type=float, help="online hard example mining: keep pixels whose "

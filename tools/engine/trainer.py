@@ -45,9 +45,9 @@ from .visualize import comparison, plot_curves, save_png
 __all__ = ["DEFAULT_ITERS", "DEFAULT_LR", "NOT_CONFIG", "OPTIMIZERS", "RunState", "TrainingInterrupted",
            "check_config", "setup", "train_step", "log_step", "evaluate_and_save", "save", "finish", "train"]
 
-DEFAULT_ITERS = 400
+DEFAULT_ITERS = 450
 OPTIMIZERS = ("sgd", "adamw")
-DEFAULT_LR = {"sgd": 0.01, "adamw": 0.001}
+DEFAULT_LR = {"sgd": 0.01, "adamw": 0.003}
 # Keys of the command line that are not part of a run's config.
 NOT_CONFIG = ("config", "resume")
 
