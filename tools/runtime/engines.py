@@ -21,6 +21,7 @@ import copy
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -266,7 +267,9 @@ def load_engine(source: Union[str, os.PathLike, nn.Module], *, engine: str = "to
         if precision not in (None, "fp32"):
             raise ValueError(f"{str(path)!r} is a TorchScript file: it runs in fp32 only, got precision {precision}")
         try:
-            scripted = torch.jit.load(str(path), map_location=device)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated upstream; asked for
+                scripted = torch.jit.load(str(path), map_location=device)
         except RuntimeError as err:
             raise ValueError(f"cannot load TorchScript file {str(path)!r} ({_first_line(err)})") from None
         return TorchEngine(scripted, source=str(path))

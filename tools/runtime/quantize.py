@@ -1,9 +1,12 @@
 """int8 post-training static quantization of an ONNX file, calibrated on a run's own training images.
 
 :func:`calibration_batches` draws images (seeded) from a run's training split through its evaluation
-preprocessing; :func:`quantize_onnx` writes a QDQ ONNX file with per-channel int8 weights and int8 activations,
+preprocessing; :func:`quantize_onnx` writes a QDQ ONNX file with per-channel int8 weights and uint8 activations,
 using ONNX Runtime's ``quantize_static`` (MinMax calibration) or NNCF's ``nncf.quantize`` (its ONNX backend, with
 fast bias correction). Both ONNX Runtime and OpenVINO run the QDQ file in int8.
+
+ONNX Runtime's quantizer is the default: on this project's models the two are equally accurate, and its files run
+as fast as NNCF's on OpenVINO but markedly faster on ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch.nn.functional as F
 
 from .extras import require
 
-__all__ = ["QUANTIZERS", "QuantizationReport", "calibration_batches", "quantize_onnx", "conv_nodes"]
+__all__ = ["QUANTIZERS", "QuantizationReport", "calibration_batches", "quantize_onnx", "conv_nodes", "int8_convs"]
 
 QUANTIZERS = ("ort", "nncf")
 PathLike = Union[str, os.PathLike]
@@ -126,10 +129,16 @@ def quantize_onnx(onnx_path: PathLike, out_path: PathLike, calibration_batches: 
             _quantize_ort(prepared, Path(out_path), batches, input_name, excluded, external_data)
         else:
             _quantize_nncf(prepared, Path(out_path), batches, input_name, excluded, external_data)
-    quantized = sum(1 for n in onnx.load(str(out_path), load_external_data=False).graph.node
-                    if n.op_type == "Conv" and n.name not in excluded)
     return QuantizationReport(method=method, calibration_images=sum(b.shape[0] for b in batches),
-                              kept_fp32=excluded, quantized_convs=quantized)
+                              kept_fp32=excluded, quantized_convs=len(int8_convs(out_path)))
+
+
+def int8_convs(path: PathLike) -> List[str]:
+    """Names of the Conv nodes of an ONNX file whose weights arrive through a DequantizeLinear (int8)."""
+    onnx = require("onnx", "reading ONNX files")
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producers = {out: node.op_type for node in graph.node for out in node.output}
+    return [n.name for n in graph.node if n.op_type == "Conv" and producers.get(n.input[1]) == "DequantizeLinear"]
 
 
 def _pre_process(src: Path, dst: Path) -> None:
