@@ -113,3 +113,13 @@ def isolated_backbones():
     yield BACKBONES
     BACKBONES._builders.clear()
     BACKBONES._builders.update(saved)
+
+
+# Modules that load ONNX Runtime / OpenVINO into the test process run last: forking DataLoader workers after
+# OpenVINO's thread pool exists crashed the process (SIGSEGV) in a later workers=2 test.
+_ENGINE_MODULES = ("test_benchmark.py", "test_engines.py", "test_quantize.py", "test_export.py",
+                   "test_eval_predict.py")
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    items.sort(key=lambda item: item.path.name in _ENGINE_MODULES)  # stable: order kept within each group
