@@ -68,6 +68,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--ablation", action="store_true",
                    help="also time deploy without channels_last, without packed weights, without Winograd "
                         "(winograd=False) and without ReLU/addition fusion (fuse=False); inference mode")
+    p.add_argument("--compile", action="store_true",
+                   help="also time torch.compile (Inductor, freezing) of each deployed torch precision; compiling "
+                        "takes tens of seconds per model (inference mode)")
     p.add_argument("--reps", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
@@ -99,9 +102,10 @@ def run(argv: Optional[List[str]] = None) -> int:
         allocator = "reuse freed memory" if reuse_freed_memory() else "default (not glibc: --reuse-memory ignored)"
     info = machine()
     info["allocator"] = allocator
+    start_load = load_average()
     print(f"dense-backbones benchmark  mode={args.mode}  device={device}  cpu={info['cpu']} "
           f"({info['cpu_capability']}, {info['threads']} torch threads)  torch {info['torch']}  "
-          f"reps={args.reps} warmup={args.warmup}  allocator: {allocator}  load average {load_average()}")
+          f"reps={args.reps} warmup={args.warmup}  allocator: {allocator}  load average {start_load}")
     results = []
     for spec in args.models:
         common = dict(size=size, batch=args.batch, output_stride=args.output_stride, device=device,
@@ -109,7 +113,7 @@ def run(argv: Optional[List[str]] = None) -> int:
         if args.mode == "infer":
             peers = [] if "none" in args.peers else args.peers
             result = run_inference(spec, precisions=args.precision, engines=args.engines, peers=peers,
-                                   ablation=args.ablation, **common)
+                                   ablation=args.ablation, compile=args.compile, **common)
         else:
             result = run_training(spec, variants=args.train_variants, **common)
         print(format_result(result), flush=True)
@@ -118,7 +122,8 @@ def run(argv: Optional[List[str]] = None) -> int:
     print(f"\nload average at the end: {end_load}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "args": vars(args), "load_end": end_load, "results": results}, f, indent=2)
+            json.dump({"machine": info, "args": vars(args), "load_start": start_load, "load_end": end_load,
+                       "results": results}, f, indent=2)
     return 0
 
 

@@ -89,6 +89,13 @@ def test_engines_join_the_table_for_a_segmentation_model():
     assert "openvino int8" in text and "peak = fastest product per precision" in text
 
 
+def test_compiled_deploy_rows():
+    result = run_inference("resnet18", precisions=["fp32"], output_stride=32, peers=(), compile=True, **TINY)
+    rows = model_rows(result)
+    assert set(rows) == {"dense eager", "dense deploy fp32", "dense deploy fp32 compiled"}
+    assert rows["dense deploy fp32 compiled"]["median_ms"] > 0 and rows["dense deploy fp32 compiled"]["peak_mib"] >= 0
+
+
 def test_peak_column_is_the_fastest_product_of_each_precision():
     result = run_inference("resnet18", precisions=["fp32"], output_stride=32, peers=(), **TINY)
     rows = rows_by_name(result)
@@ -134,6 +141,7 @@ def test_command_line_writes_json(tmp_path, capsys):
     assert "torch threads" in out and "load average" in out
     report = json.loads(path.read_text())
     assert report["machine"]["threads"] >= 1 and report["results"][0]["model"] == "resnet18"
+    assert report["load_start"] and report["load_end"]
     # --dtype still names the deploy precisions; --peers none leaves the peers out.
     rows = {r["candidate"] for r in report["results"][0]["rows"]}
     assert "dense deploy fp32" in rows and not rows & {"torchvision ILG", "timm features_only", "smp encoder"}

@@ -21,14 +21,17 @@ __all__ = ["run_inference"]
 
 def run_inference(spec: str, *, size: Tuple[int, int], batch: int, precisions: Sequence[str], output_stride: int,
                   device: torch.device, reps: int, warmup: int, peers: Sequence[str] = PEERS,
-                  engines: Sequence[str] = ("torch",), ablation: bool = False) -> Dict[str, Any]:
+                  engines: Sequence[str] = ("torch",), ablation: bool = False, compile: bool = False
+                  ) -> Dict[str, Any]:
     """Time ``spec`` eager, deployed and on each engine in each precision, its peers and the peak products.
 
     ``engines``: ``"torch"`` adds a ``deploy()`` copy per precision (fp32, bf16, fp16 on CUDA); ``"onnxruntime"``
     and ``"openvino"`` run the model exported to ONNX (fp32, bf16 on OpenVINO, int8 quantized once; see
     :mod:`tools.bench.engines`). ``ablation`` adds fp32 deploy variants without packed weights, without
     channels_last, without Winograd (``winograd=False``) and without ReLU/addition fusion (``fuse=False``), to
-    show what each step of :func:`backbones.deploy` contributes. Each row's "fraction of peak" divides its rate
+    show what each step of :func:`backbones.deploy` contributes. ``compile`` adds, per torch precision,
+    ``torch.compile`` (Inductor, with freezing) of the deployed model on plain convolutions (``pack_weights=False``:
+    Inductor packs and fuses them itself), compiled before timing. Each row's "fraction of peak" divides its rate
     by the fastest matrix product of its precision in the run (:mod:`tools.bench.peak`)."""
     torch.manual_seed(0)
     model = build(spec, output_stride=output_stride).to(device).eval()
@@ -49,6 +52,12 @@ def run_inference(spec: str, *, size: Tuple[int, int], batch: int, precisions: S
             candidates[f"dense deploy {name}"] = lambda fast=fast, dt=dt: fast(x.to(dt))
             if dt == torch.float32:
                 comparable[f"dense deploy {name}"] = fast
+            if compile:
+                compiled = torch.compile(deploy(model, dtype=None if dt == torch.float32 else dt, pack_weights=False),
+                                         options={"freezing": True})
+                with torch.no_grad():
+                    compiled(x.to(dt))  # compiles now, not inside the timed rounds
+                candidates[f"dense deploy {name} compiled"] = lambda compiled=compiled, dt=dt: compiled(x.to(dt))
     if ablation:
         for label, kwargs in (("dense deploy fp32 NCHW", dict(channels_last=False)),
                               ("dense deploy fp32 unpacked", dict(pack_weights=False)),
