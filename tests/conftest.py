@@ -115,11 +115,19 @@ def isolated_backbones():
     BACKBONES._builders.update(saved)
 
 
-# Modules that load ONNX Runtime / OpenVINO into the test process run last: forking DataLoader workers after
-# OpenVINO's thread pool exists crashed the process (SIGSEGV) in a later workers=2 test.
+# Modules that load ONNX Runtime / OpenVINO (or run the benchmark) into the test process carry the ``engines``
+# mark, and the README's test command runs them in a pytest process of their own: in one process with the
+# DataLoader-worker tests the process crashed with SIGSEGV, in either order.
 _ENGINE_MODULES = ("test_benchmark.py", "test_engines.py", "test_quantize.py", "test_export.py",
                    "test_eval_predict.py")
 
 
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "engines: loads ONNX Runtime/OpenVINO; run in its own process "
+                                       "(python -m pytest -m engines)")
+
+
 def pytest_collection_modifyitems(session, config, items) -> None:
-    items.sort(key=lambda item: item.path.name in _ENGINE_MODULES)  # stable: order kept within each group
+    for item in items:
+        if item.path.name in _ENGINE_MODULES:
+            item.add_marker(pytest.mark.engines)
