@@ -286,8 +286,10 @@ def test_options_run_together(tmp_path):
     groups = ckpt["optimizer"]["param_groups"]
     backbone = {g["lr_mult"] for g in groups if g["name"].startswith("backbone")}
     assert backbone == {0.1} and {g["lr_mult"] for g in groups if not g["name"].startswith("backbone")} == {1.0}
-    # the multiplier reaches the optimizer: each group's schedule starts from base lr (AdamW: 1e-3) x lr_mult
-    assert all(g["initial_lr"] == pytest.approx(1e-3 * g["lr_mult"]) for g in groups)
+    # the multiplier reaches the optimizer: each group's schedule starts from AdamW's default base lr x lr_mult
+    from tools.engine.trainer import DEFAULT_LR
+
+    assert all(g["initial_lr"] == pytest.approx(DEFAULT_LR["adamw"] * g["lr_mult"]) for g in groups)
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records(tmp_path / "opts", "train"))
 
 
