@@ -3,7 +3,7 @@ convolution it reads by tracing the data flow, not by attribute names, so any mo
 timm's) folds.
 """
 
-from typing import Any, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import torch
 from torch import nn
@@ -85,6 +85,50 @@ class _DataFlow(TorchFunctionMode):
         self.read_at: Dict[int, List[int]] = {}  # storage (views share it) -> when it was read
         self.readers: Dict[int, List[Optional[nn.Module]]] = {}
         self.keep: List[torch.Tensor] = []  # keeps recorded tensors alive so their ids stay unique
+        self.results: Dict[nn.Module, List[Tuple[Any, Any]]] = {}  # module -> (first input, output) per call
+        self._handles: List[Any] = []
+
+    def record(self, module: nn.Module) -> None:
+        """Keep each call's first input and output of ``module`` in :attr:`results`."""
+        self._handles.append(module.register_forward_hook(self._record))
+
+    def watch(self, module: nn.Module) -> None:
+        """Record ``module`` and attribute the reads made inside its calls to it."""
+        self._handles += [module.register_forward_pre_hook(self._enter), module.register_forward_hook(self._record),
+                          module.register_forward_hook(self._leave)]
+
+    def mute(self, module: nn.Module) -> None:
+        """Ignore the operations inside ``module``'s calls (its own reads of its intermediate results)."""
+        self._handles += [module.register_forward_pre_hook(self._mute), module.register_forward_hook(self._unmute)]
+
+    def hook(self, module: nn.Module, pre: Callable, post: Callable) -> None:
+        self._handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+
+    def run(self, model: nn.Module, example_input: Any) -> Any:
+        """``model(example_input)`` without gradients, recorded; the hooks are removed afterwards."""
+        try:
+            with torch.no_grad(), self:
+                return model(example_input)
+        finally:
+            for h in self._handles:
+                h.remove()
+            self._handles.clear()
+
+    def _record(self, module, inputs, output):
+        self.results.setdefault(module, []).append((inputs[0] if inputs else None, output))
+        self.keep.append(output)
+
+    def _enter(self, module, inputs):
+        self.current = module
+
+    def _leave(self, module, inputs, output):
+        self.current = None
+
+    def _mute(self, module, inputs):
+        self.muted += 1
+
+    def _unmute(self, module, inputs, output):
+        self.muted -= 1
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -104,35 +148,18 @@ def _traced_pairs(model: nn.Module, example_input: Any
                   ) -> Tuple[Dict[nn.Module, nn.Module], Set[nn.Module], Any]:
     """``{norm: conv}`` for the foldable pairs seen while running ``model(example_input)``, the convs and norms
     that ran, and the output."""
-    calls: Dict[nn.Module, List[Tuple[Any, Any]]] = {}
     flow = _DataFlow()
-
-    def record(module, inputs, output):
-        calls.setdefault(module, []).append((inputs[0] if inputs else None, output))
-        flow.keep.append(output)
-
-    def enter_norm(module, inputs):
-        flow.current = module
-
-    def leave_norm(module, inputs, output):
-        flow.current = None
-
-    handles = []
     for m in model.modules():
         if _is_plain_conv(m):
-            handles.append(m.register_forward_hook(record))
+            flow.record(m)
         elif _norm_kind(m) is not None:
-            handles += [m.register_forward_pre_hook(enter_norm), m.register_forward_hook(record),
-                        m.register_forward_hook(leave_norm)]
+            flow.watch(m)
     try:
-        with flow:
-            output = model(example_input)
+        output = flow.run(model, example_input)
     except Exception as err:
         raise ValueError(f"deploy could not run {type(model).__name__} on its example input "
                          f"({_describe(example_input)}): {err}; pass example_input= that the model accepts") from err
-    finally:
-        for h in handles:
-            h.remove()
+    calls = flow.results
 
     counts = _registrations(model)
     produced_by = {id(out): conv for conv, c in calls.items() if _is_plain_conv(conv) and len(c) == 1
@@ -165,40 +192,16 @@ def fuse_relu(model: nn.Module, *, example_input: Any = None) -> List[str]:
     """
     if example_input is None:
         example_input = _probe_input(model)
-    calls: Dict[nn.Module, List[Tuple[Any, Any]]] = {}
     flow = _DataFlow()
-
-    def record(module, inputs, output):
-        calls.setdefault(module, []).append((inputs[0] if inputs else None, output))
-        flow.keep.append(output)
-
-    def enter(module, inputs):
-        flow.current = module
-
-    def leave(module, inputs, output):
-        flow.current = None
-
-    def mute(module, inputs):
-        flow.muted += 1
-
-    def unmute(module, inputs, output):
-        flow.muted -= 1
-
-    handles = []
     for m in model.modules():
         if type(m) is PackedConv2d:
-            handles += [m.register_forward_pre_hook(mute), m.register_forward_hook(unmute)]
+            flow.mute(m)
             if not m.fused_relu:
-                handles.append(m.register_forward_hook(record))
+                flow.record(m)
         elif type(m) is nn.ReLU:
-            handles += [m.register_forward_pre_hook(enter), m.register_forward_hook(record),
-                        m.register_forward_hook(leave)]
-    try:
-        with torch.no_grad(), flow:
-            reference = model(example_input)
-    finally:
-        for h in handles:
-            h.remove()
+            flow.watch(m)
+    reference = flow.run(model, example_input)
+    calls = flow.results
     produced_by = {id(out): conv for conv, c in calls.items() if type(conv) is PackedConv2d and len(c) == 1
                    for _, out in c}
     returned = {id(t) for t in iter_tensors(reference)}
@@ -249,15 +252,9 @@ def mark_dead_inputs(model: nn.Module, blocks: List[nn.Module], *, example_input
     def end(module, inputs, output):
         windows[module][-1][1] = flow.calls
 
-    handles = []
     for b in blocks:
-        handles += [b.register_forward_pre_hook(start), b.register_forward_hook(end)]
-    try:
-        with torch.no_grad(), flow:
-            reference = model(example_input)
-    finally:
-        for h in handles:
-            h.remove()
+        flow.hook(b, start, end)
+    reference = flow.run(model, example_input)
     outside = {_storage(t) for t in iter_tensors((example_input, reference))}
     marked = []
     for block, calls in windows.items():
