@@ -2,7 +2,7 @@
 
 Examples::
 
-    python -m tools.train_seg                          # resnet18 + BiSeNet on the built-in synthetic set, ~2 min
+    python -m tools.train_seg                          # resnet18 + BiSeNet on the built-in synthetic set, ~1.5 min
     python -m tools.train_seg --config configs/voc_deeplabv3plus_r50.yaml --root data/VOCdevkit
     python -m tools.train_seg --resume runs/<name>     # continue exactly where the run stopped
     torchrun --nproc_per_node=4 -m tools.train_seg --config ... --norm sync_bn
@@ -31,7 +31,7 @@ from .engine.cli import add_list_argument, run_cli
 from .engine.config import explicit_dests, load_config_file, parse_config, yaml_mapping
 from .engine.model import add_model_args
 from .engine.precision import AMP_CHOICES
-from .engine.trainer import DEFAULT_ITERS, NOT_CONFIG, OPTIMIZERS, TrainingInterrupted, train
+from .engine.trainer import DEFAULT_ITERS, DEFAULT_LR, NOT_CONFIG, OPTIMIZERS, TrainingInterrupted, train
 
 __all__ = ["build_parser", "resolve_config", "run", "main"]
 
@@ -73,8 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS,
                    help="sgd (with momentum; the usual choice with --pretrained) or adamw (trains from scratch "
                         "much faster: the default synthetic run)")
-    g.add_argument("--lr", type=float, help="base learning rate; unset: 0.01 for sgd, 0.003 for adamw (from "
-                                            "scratch; fine-tuning pretrained weights with adamw wants ~1e-4)")
+    g.add_argument("--lr", type=float, help=f"base learning rate; unset: {DEFAULT_LR['sgd']} for sgd, "
+                                            f"{DEFAULT_LR['adamw']} for adamw (from scratch; fine-tuning pretrained "
+                                            f"weights with adamw wants ~1e-4)")
     g.add_argument("--momentum", type=float, default=0.9, help="sgd momentum")
     g.add_argument("--weight-decay", type=float, default=1e-4, help="for weights")
     g.add_argument("--norm-weight-decay", type=float, default=0.0, help="for norm parameters")
@@ -87,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ohem-thresh", type=float, help="online hard example mining: keep pixels whose "
                                                      "true-class probability is below this (e.g. 0.7)")
     g.add_argument("--ohem-min-kept", type=int, default=100_000, help="at least this many pixels per process")
+    g.add_argument("--dice-weight", type=float, default=1.0, help="weight of a soft Dice loss added to the "
+                   "cross-entropy (0: cross-entropy only); it weighs small classes as mIoU does")
     g.add_argument("--clip-grad", type=float, help="clip the gradient norm to this")
     g = p.add_argument_group("runtime")
     g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -126,8 +129,9 @@ def resolve_config(argv: Optional[List[str]] = None) -> Tuple[Dict[str, Any], Op
     path = path / "last.pt" if path.is_dir() else path
     checkpoint = load_checkpoint(path, resume=True)
     saved = checkpoint["config"]
-    # Runs saved before --bias-weight-decay existed decayed biases like norm parameters.
-    config = {**args, "bias_weight_decay": saved.get("norm_weight_decay", 0.0), **saved}
+    # Runs saved before --bias-weight-decay existed decayed biases like norm parameters; runs saved before
+    # --dice-weight existed trained on cross-entropy alone.
+    config = {**args, "bias_weight_decay": saved.get("norm_weight_decay", 0.0), "dice_weight": 0.0, **saved}
     overrides = explicit_dests(parser, argv) - set(NOT_CONFIG)
     config.update({k: args[k] for k in overrides})
     config["resume"] = str(path)

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[2]
 # Adam divides each gradient by its own magnitude, which turns rounding noise in near-zero gradients into
 # full-size steps, so only SGD lets the comparison be tight.
 COMMON = ["--iters", "3", "--norm", "gn", "--head-kwargs", "{norm: gn}", "--eval-interval", "3",
-          "--optimizer", "sgd", "--lr", "0.05", "--warmup-iters", "0"]
+          "--optimizer", "sgd", "--lr", "0.05", "--warmup-iters", "0", "--dice-weight", "1.0"]
 
 
 def free_port() -> int:

@@ -119,6 +119,32 @@ def test_ohem_keeps_the_hardest_pixels():
         SegLoss(ohem_thresh=1.5)
 
 
+def test_dice_term_is_the_one_hot_dice_over_labelled_pixels_of_present_classes():
+    torch.manual_seed(2)
+    logits = torch.randn(2, 4, 6, 7, requires_grad=True)
+    target = torch.randint(0, 3, (2, 6, 7))  # class 3 absent
+    target[1, :3] = 255
+    valid = (target != 255).unsqueeze(1)
+    probs = logits.softmax(1) * valid
+    one_hot = F.one_hot(target.masked_fill(target == 255, 0), 4).permute(0, 3, 1, 2) * valid
+    per_class = 2 * (probs * one_hot).sum((0, 2, 3)) / (probs.sum((0, 2, 3)) + one_hot.sum((0, 2, 3)))
+    dice = 1 - per_class[:3].mean()
+    ce = F.cross_entropy(logits, target, ignore_index=255)
+    loss = SegLoss(dice_weight=0.5)(logits, target)
+    assert loss.item() == pytest.approx((ce + 0.5 * dice).item(), rel=1e-6)
+    grad, = torch.autograd.grad(loss, logits)
+    expected, = torch.autograd.grad(ce + 0.5 * dice, logits)
+    torch.testing.assert_close(grad, expected)
+    # with an auxiliary output, each output gets its own Dice term, weighted like its cross-entropy
+    aux = torch.randn(2, 4, 6, 7)
+    both = SegLoss(aux_weight=0.4, dice_weight=1.0)({"out": logits, "aux": aux}, target)
+    single = SegLoss(dice_weight=1.0)
+    assert both.item() == pytest.approx(single(logits, target).item() + 0.4 * single(aux, target).item(), rel=1e-6)
+    assert SegLoss(dice_weight=1.0)(logits, torch.full_like(target, 255)).item() == 0.0
+    with pytest.raises(ValueError, match="dice_weight must be >= 0, got -1"):
+        SegLoss(dice_weight=-1)
+
+
 def test_loss_refuses_unknown_outputs():
     with pytest.raises(ValueError, match="'out'"):
         SegLoss()({"main": torch.zeros(1, 2, 3, 3)}, torch.zeros(1, 3, 3, dtype=torch.int64))

@@ -231,6 +231,33 @@ def test_a_run_that_died_before_its_first_checkpoint_starts_again(tmp_path, monk
     assert load_checkpoint(tmp_path / "resumed" / "last.pt")["config"]["log_interval"] == 2
 
 
+def test_a_run_saved_before_an_option_existed_resumes_as_it_trained(trained, tmp_path):
+    from tools.engine.checkpoint import save_checkpoint
+    from tools.train_seg import resolve_config
+
+    checkpoint = load_checkpoint(trained[0] / "last.pt")
+    for key in ("dice_weight", "bias_weight_decay"):
+        del checkpoint["config"][key]
+    checkpoint["config"]["norm_weight_decay"] = 0.01
+    save_checkpoint(tmp_path / "old.pt", checkpoint)
+    config, _ = resolve_config(["--resume", str(tmp_path / "old.pt")])
+    # cross-entropy alone (no Dice term), and biases decayed like norm parameters, as such runs trained
+    assert config["dice_weight"] == 0.0 and config["bias_weight_decay"] == 0.01
+    assert resolve_config([])[0]["dice_weight"] == 1.0  # a new run adds the Dice term
+
+
+def test_the_default_runs_config_file_is_the_default_run():
+    from tools.train_seg import resolve_config
+
+    written_out, _ = resolve_config(["--config", str(REPO / "configs" / "synthetic_bisenet_r18.yaml")])
+    defaults, _ = resolve_config([])
+    defaults["iters"] = defaults["iters"] or trainer.DEFAULT_ITERS  # as setup() fills it
+    trainer.check_config(written_out)
+    trainer.check_config(defaults)
+    assert {k: v for k, v in written_out.items() if k != "config"} == {k: v for k, v in defaults.items()
+                                                                     if k != "config"}
+
+
 def test_log_times_training_and_evaluation_apart(tmp_path, monkeypatch, capsys):
     original = trainer.evaluate
 
@@ -291,6 +318,40 @@ def test_options_run_together(tmp_path):
 
     assert all(g["initial_lr"] == pytest.approx(DEFAULT_LR["adamw"] * g["lr_mult"]) for g in groups)
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records(tmp_path / "opts", "train"))
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_optimizer_takes_the_fused_step_and_updates_as_the_plain_one(name):
+    from heads import build_segmentor
+
+    model = build_segmentor(backbone="resnet18", head="fcn", num_classes=3)
+    cfg = {"optimizer": name, "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "norm_weight_decay": 0.0,
+           "bias_weight_decay": 0.0, "backbone_lr_mult": 1.0, "poly_power": 0.9, "warmup_iters": 0,
+           "warmup_ratio": 0.1}
+    optimizer, _ = trainer._build_optimizer(cfg, model, max_iters=10)
+    assert optimizer.defaults["fused"] is True
+    plain_model = build_segmentor(backbone="resnet18", head="fcn", num_classes=3)
+    plain_model.load_state_dict(model.state_dict())
+    groups = [{**g, "params": [dict(plain_model.named_parameters())[n] for n in names]}
+              for g, names in zip(optimizer.param_groups, _group_names(model, optimizer))]
+    plain = (torch.optim.AdamW if name == "adamw" else torch.optim.SGD)(
+        [{k: v for k, v in g.items() if k not in ("fused", "foreach")} for g in groups], foreach=False)
+    # The same gradients into both (Adam's normalized step would amplify any difference between two backward
+    # passes), two steps so that the moments matter.
+    for _ in range(2):
+        optimizer.zero_grad()
+        model(torch.randn(2, 3, 64, 64)).square().mean().backward()
+        for a, b in zip(model.parameters(), plain_model.parameters()):
+            b.grad = a.grad.clone()
+        optimizer.step()
+        plain.step()
+    for (n, a), b in zip(model.named_parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=n)
+
+
+def _group_names(model, optimizer):
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [[names[id(p)] for p in g["params"]] for g in optimizer.param_groups]
 
 
 # ------------------------------------------------------------------------------------------------ bad input

@@ -45,9 +45,9 @@ from .visualize import comparison, plot_curves, save_png
 __all__ = ["DEFAULT_ITERS", "DEFAULT_LR", "NOT_CONFIG", "OPTIMIZERS", "RunState", "TrainingInterrupted",
            "check_config", "setup", "train_step", "log_step", "evaluate_and_save", "save", "finish", "train"]
 
-DEFAULT_ITERS = 450
+DEFAULT_ITERS = 400
 OPTIMIZERS = ("sgd", "adamw")
-DEFAULT_LR = {"sgd": 0.01, "adamw": 0.003}
+DEFAULT_LR = {"sgd": 0.01, "adamw": 0.002}
 # Keys of the command line that are not part of a run's config.
 NOT_CONFIG = ("config", "resume")
 
@@ -124,6 +124,9 @@ def check_config(cfg: Dict[str, Any]) -> None:
         raise ValueError(f"--crop-size takes one or two ints (H W), got {cfg['crop_size']}")
     if cfg["workers"] < 0 or cfg["num_vis"] < 0 or cfg["warmup_iters"] < 0:
         raise ValueError("--workers, --num-vis and --warmup-iters must be >= 0")
+    cfg.setdefault("dice_weight", 0.0)  # configs written before the option: cross-entropy only
+    if not cfg["dice_weight"] >= 0:
+        raise ValueError(f"--dice-weight must be >= 0, got {cfg['dice_weight']!r}")
     if cfg.get("tensorboard") is None:
         cfg["tensorboard"] = tensorboard_available()
     elif cfg["tensorboard"] and not tensorboard_available():
@@ -144,16 +147,27 @@ def _build_datasets(cfg: Mapping[str, Any]) -> Tuple[SegmentationDataset, Segmen
     return train_ds, val_ds
 
 
+def _fused_supported(model: nn.Module) -> Optional[bool]:
+    """``True`` when every trainable parameter is a floating-point tensor on CPU or CUDA (where PyTorch has fused
+    AdamW/SGD kernels); ``None`` (PyTorch's default choice) otherwise."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    ok = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return True if ok else None
+
+
 def _build_optimizer(cfg: Mapping[str, Any], model: nn.Module, max_iters: int):
     lr_mult = {"backbone": cfg["backbone_lr_mult"]} if cfg["backbone_lr_mult"] != 1.0 else None
     # Each group gets lr = base lr x its multiplier; LambdaLR then scales each group's own initial lr, which
     # keeps the multiplier for the whole run.
     groups = param_groups(model, cfg["weight_decay"], norm_weight_decay=cfg["norm_weight_decay"],
                           bias_weight_decay=cfg["bias_weight_decay"], lr_mult=lr_mult, lr=cfg["lr"])
+    # The fused (one kernel over all tensors) form: on CPU, AdamW's default per-tensor loop took ~15% of a
+    # ResNet-18 training step; the fused step computes the same update.
+    fused = _fused_supported(model)
     if cfg["optimizer"] == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"])
+        optimizer = torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"], fused=fused)
     else:
-        optimizer = torch.optim.AdamW(groups, lr=cfg["lr"])
+        optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], fused=fused)
     scheduler = poly_warmup_scheduler(optimizer, max_iters=max_iters, power=cfg["poly_power"],
                                       warmup_iters=min(cfg["warmup_iters"], max_iters),
                                       warmup_ratio=cfg["warmup_ratio"])
@@ -219,7 +233,7 @@ def setup(cfg: Dict[str, Any], info: dist_utils.DistInfo, checkpoint: Optional[M
             model, device_ids=[device.index] if device.type == "cuda" else None),
         optimizer=optimizer, scheduler=scheduler, scaler=grad_scaler(device, cfg["amp"]),
         criterion=SegLoss(aux_weight=cfg["aux_weight"], ohem_thresh=cfg["ohem_thresh"],
-                          ohem_min_kept=cfg["ohem_min_kept"]),
+                          ohem_min_kept=cfg["ohem_min_kept"], dice_weight=cfg["dice_weight"]),
         train_ds=train_ds, val_ds=val_ds, train_loader=train_loader, sampler=sampler, val_loader=val_loader,
         iters_per_epoch=iters_per_epoch, eval_interval=eval_interval,
         ckpt_interval=cfg.get("ckpt_interval") or eval_interval)
