@@ -161,8 +161,8 @@ def _build_optimizer(cfg: Mapping[str, Any], model: nn.Module, max_iters: int):
     # keeps the multiplier for the whole run.
     groups = param_groups(model, cfg["weight_decay"], norm_weight_decay=cfg["norm_weight_decay"],
                           bias_weight_decay=cfg["bias_weight_decay"], lr_mult=lr_mult, lr=cfg["lr"])
-    # The fused (one kernel over all tensors) form: on CPU, AdamW's default per-tensor loop took ~15% of a
-    # ResNet-18 training step; the fused step computes the same update.
+    # The fused form (one kernel over all tensors): on CPU PyTorch's default is a per-tensor loop, a visible share
+    # of a small model's step (docs/performance.md); the fused step computes the same update.
     fused = _fused_supported(model)
     if cfg["optimizer"] == "sgd":
         optimizer = torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"], fused=fused)
