@@ -31,7 +31,8 @@ from .engine.cli import add_list_argument, run_cli
 from .engine.config import explicit_dests, load_config_file, parse_config, yaml_mapping
 from .engine.model import add_model_args
 from .engine.precision import AMP_CHOICES
-from .engine.trainer import DEFAULT_ITERS, DEFAULT_LR, NOT_CONFIG, OPTIMIZERS, TrainingInterrupted, train
+from .engine.optim import DEFAULT_LR, OPTIMIZERS
+from .engine.trainer import DEFAULT_ITERS, NOT_CONFIG, TrainingInterrupted, train
 
 __all__ = ["build_parser", "resolve_config", "run", "main"]
 

@@ -22,8 +22,6 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from backbones import param_groups
-
 from ..data import SegmentationDataset, build_dataset
 from ..data.loaders import SeededShardSampler, build_eval_loader, build_train_loader
 from ..data.transforms import eval_transform, normalize, train_transform
@@ -36,18 +34,16 @@ from .interrupt import StopOnSignal, TrainingInterrupted
 from .losses import SegLoss
 from .metrics import ConfusionMatrix, format_table
 from .model import MODEL_KEYS, build_model, describe_model
+from .optim import DEFAULT_LR, build_optimizer
 from .precision import autocast, grad_scaler, resolve_amp
 from .run_folder import RunLog, clear_outputs, fmt_time, prepare_run_dir
-from .schedule import poly_warmup_scheduler
 from .tensorboard_log import BoardWriter, tensorboard_available
 from .visualize import comparison, plot_curves, save_png
 
-__all__ = ["DEFAULT_ITERS", "DEFAULT_LR", "NOT_CONFIG", "OPTIMIZERS", "RunState", "TrainingInterrupted",
+__all__ = ["DEFAULT_ITERS", "NOT_CONFIG", "RunState", "TrainingInterrupted",
            "check_config", "setup", "train_step", "log_step", "evaluate_and_save", "save", "finish", "train"]
 
 DEFAULT_ITERS = 400
-OPTIMIZERS = ("sgd", "adamw")
-DEFAULT_LR = {"sgd": 0.01, "adamw": 0.002}
 # Keys of the command line that are not part of a run's config.
 NOT_CONFIG = ("config", "resume")
 
@@ -147,33 +143,6 @@ def _build_datasets(cfg: Mapping[str, Any]) -> Tuple[SegmentationDataset, Segmen
     return train_ds, val_ds
 
 
-def _fused_supported(model: nn.Module) -> Optional[bool]:
-    """``True`` when every trainable parameter is a floating-point tensor on CPU or CUDA (where PyTorch has fused
-    AdamW/SGD kernels); ``None`` (PyTorch's default choice) otherwise."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    ok = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-    return True if ok else None
-
-
-def _build_optimizer(cfg: Mapping[str, Any], model: nn.Module, max_iters: int):
-    lr_mult = {"backbone": cfg["backbone_lr_mult"]} if cfg["backbone_lr_mult"] != 1.0 else None
-    # Each group gets lr = base lr x its multiplier; LambdaLR then scales each group's own initial lr, which
-    # keeps the multiplier for the whole run.
-    groups = param_groups(model, cfg["weight_decay"], norm_weight_decay=cfg["norm_weight_decay"],
-                          bias_weight_decay=cfg["bias_weight_decay"], lr_mult=lr_mult, lr=cfg["lr"])
-    # The fused form (one kernel over all tensors): on CPU PyTorch's default is a per-tensor loop, a visible share
-    # of a small model's step (docs/performance.md); the fused step computes the same update.
-    fused = _fused_supported(model)
-    if cfg["optimizer"] == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"], fused=fused)
-    else:
-        optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], fused=fused)
-    scheduler = poly_warmup_scheduler(optimizer, max_iters=max_iters, power=cfg["poly_power"],
-                                      warmup_iters=min(cfg["warmup_iters"], max_iters),
-                                      warmup_ratio=cfg["warmup_ratio"])
-    return optimizer, scheduler
-
-
 def _check_resume(checkpoint: Mapping[str, Any], cfg: Mapping[str, Any], model: nn.Module, classes, where: str
                   ) -> None:
     saved = checkpoint["config"]
@@ -226,7 +195,7 @@ def setup(cfg: Dict[str, Any], info: dist_utils.DistInfo, checkpoint: Optional[M
         model.to(memory_format=torch.channels_last)
     if cfg["norm"] == "sync_bn" and info.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    optimizer, scheduler = _build_optimizer(cfg, model, max_iters)
+    optimizer, scheduler = build_optimizer(cfg, model, max_iters=max_iters)
     state = RunState(
         cfg=cfg, info=info, run_dir=run_dir, log=RunLog(run_dir, enabled=info.is_main), model=model,
         ddp=model if not info.distributed else DistributedDataParallel(
