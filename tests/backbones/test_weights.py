@@ -48,34 +48,34 @@ def test_training_containers_and_prefixes_load(wrap, tv_checkpoint, tmp_path):
     assert_loaded(resnet18(out_strides=(2, 4, 8, 16, 32), pretrained=path), tv)
 
 
+def refused_resnet18_load(path):
+    """Load ``path`` into a fresh resnet18, expecting a ValueError that leaves the model untouched; its message."""
+    model = resnet18()
+    before = snapshot(model)
+    with pytest.raises(ValueError) as excinfo:
+        load_pretrained(model, path, arch="resnet18")
+    assert_unchanged(model, before)
+    return str(excinfo.value)
+
+
 def test_missing_key_is_reported_and_nothing_loaded(tv_checkpoint, tmp_path):
     tv, _ = tv_checkpoint("resnet18")
     sd = tv.state_dict()
     del sd["layer2.1.conv2.weight"]
     sd["layer2.1.extra.weight"] = torch.zeros(3)
     torch.save(sd, tmp_path / "partial.pth")
-    model = resnet18()
-    before = snapshot(model)
-    with pytest.raises(ValueError) as excinfo:
-        load_pretrained(model, tmp_path / "partial.pth", arch="resnet18")
-    msg = str(excinfo.value)
+    msg = refused_resnet18_load(tmp_path / "partial.pth")
     assert "1 missing keys: layer2.1.conv2.weight" in msg and "1 unexpected keys: layer2.1.extra.weight" in msg
     assert "partial.pth" in msg
-    assert_unchanged(model, before)
 
 
 def test_non_resnet_checkpoint(tmp_path):
     import torchvision
 
     torch.save(torchvision.models.mobilenet_v3_small().state_dict(), tmp_path / "mobilenet.pth")
-    model = resnet18()
-    before = snapshot(model)
-    with pytest.raises(ValueError) as excinfo:
-        load_pretrained(model, tmp_path / "mobilenet.pth", arch="resnet18")
-    msg = str(excinfo.value)
+    msg = refused_resnet18_load(tmp_path / "mobilenet.pth")
     assert "mobilenet.pth" in msg and "ResNet state dict" in msg
     assert "missing keys: bn1.bias" in msg and "unexpected keys: classifier.0.bias" in msg
-    assert_unchanged(model, before)
 
 
 def test_shape_mismatched_checkpoint_r50_into_r18(tv_checkpoint):
