@@ -20,10 +20,9 @@ list first, so they do not depend on the number of ranks.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import cv2
 import numpy as np
@@ -32,11 +31,11 @@ import torch
 from .data.io import IMAGE_EXTENSIONS, list_images, read_image
 from .data.transforms import normalize
 from .engine.cli import run_cli
-from .engine.distributed import resolve_device
+from .engine.distributed import resolve_device, torchrun_env
 from .engine.inference import add_inference_args, inference_options, predict_probs
 from .engine.precision import check_amp
-from .runtime.engines import add_engine_args, inference_device, load_for_inference
 from .engine.visualize import add_legend, overlay, save_png
+from .runtime.engines import add_engine_args, inference_device, load_for_inference
 
 __all__ = ["build_parser", "run", "main"]
 
@@ -81,17 +80,6 @@ def _output_stems(paths: List[Path]) -> List[str]:
     return stems
 
 
-def _shard() -> Tuple[int, int]:
-    """This process's rank and the number of processes, from torchrun's environment (0 of 1 without it).
-
-    Prediction needs no communication, so no process group is set up.
-    """
-    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    if not 0 <= rank < world:
-        raise ValueError(f"RANK {rank} is not below WORLD_SIZE {world}")
-    return rank, world
-
-
 def run(argv: Optional[List[str]] = None) -> List[Path]:
     """Predict every input image (this rank's share under torchrun); returns the overlay files written.
 
@@ -100,8 +88,8 @@ def run(argv: Optional[List[str]] = None) -> List[Path]:
     args = vars(build_parser().parse_args(argv))
     if not 0 <= args["alpha"] <= 1:
         raise ValueError(f"--alpha must be in [0, 1], got {args['alpha']}")
-    rank, world = _shard()
-    device = resolve_device(inference_device(args), int(os.environ.get("LOCAL_RANK", "0")))
+    rank, world, local_rank = torchrun_env()  # prediction needs no communication: no process group
+    device = resolve_device(inference_device(args), local_rank)
     check_amp(args["amp"], device)
     inputs = _expand(args["images"])
     model, checkpoint = load_for_inference(args, device)

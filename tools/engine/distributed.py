@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, List
+from typing import Any, List, Tuple
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "cleanup", "rank", "world_size", "is_main", "barrier",
+__all__ = ["DistInfo", "torchrun_env", "init_distributed", "cleanup", "rank", "world_size", "is_main", "barrier",
            "broadcast_object", "resolve_device"]
 
 
@@ -46,15 +46,22 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
+def torchrun_env() -> Tuple[int, int, int]:
+    """This process's rank, the number of processes and the local rank, from torchrun's environment variables
+    (``0, 1, 0`` without them)."""
+    rank_, size = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if not 0 <= rank_ < size:
+        raise ValueError(f"RANK {rank_} is not below WORLD_SIZE {size}")
+    return rank_, size, int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def init_distributed(device: str = "auto") -> DistInfo:
     """Join the process group described by torchrun's environment variables (gloo on CPU, nccl on CUDA).
 
     Returns this process's rank, world size, local rank and device; a single process when ``WORLD_SIZE`` is
     unset or 1.
     """
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank_ = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank_, size, local_rank = torchrun_env()
     dev = resolve_device(device, local_rank)
     if size > 1 and not dist.is_initialized():
         if dev.type == "cuda":
