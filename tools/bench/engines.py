@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..runtime.engines import ENGINES, load_engine
-from ..runtime.export import export_onnx
+from ..runtime.export import export_for_engine, first_conv_channels
 from ..runtime.extras import require
 from ..runtime.quantize import quantize_onnx
 
@@ -50,10 +50,10 @@ def engine_candidates(model: nn.Module, *, engines: Sequence[str], precisions: S
     runs: Dict[str, Callable[[torch.Tensor], Any]] = {}
     if not wanted:
         return runs
-    channels = next(m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+    channels = first_conv_channels(model)
     with tempfile.TemporaryDirectory(prefix="dense-bench-") as tmp:
         fp32 = Path(tmp) / "model.onnx"
-        export_onnx(model.cpu().eval(), str(fp32), example=torch.randn(2, channels, 96, 96), min_size=32)
+        export_for_engine(model, str(fp32))
         int8 = None
         for engine, precision in wanted:
             if precision not in ENGINE_PRECISIONS[engine]:

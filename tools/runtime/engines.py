@@ -17,7 +17,6 @@ ONNX Runtime and OpenVINO are imported when first needed; without them the error
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import tempfile
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .export import METADATA_KEY, output_names
+from .export import METADATA_KEY, export_for_engine, first_conv_channels, output_names
 from .extras import require
 
 __all__ = ["ENGINES", "PRECISIONS", "Engine", "TorchEngine", "OnnxRuntimeEngine", "OpenVinoEngine", "load_engine",
@@ -122,7 +121,7 @@ class TorchEngine(Engine):
     def __init__(self, module: nn.Module, *, source: str, precision: str = "fp32") -> None:
         names = output_names(module)
         super().__init__(source=source, precision=precision, output_names=names,
-                         input_channels=_first_conv_channels(module),
+                         input_channels=first_conv_channels(module),
                          output_channels=getattr(module, "num_classes", None) if len(names) == 1 else None)
         self.module = module.eval()
         self.dtype = torch.bfloat16 if precision == "bf16" else None
@@ -357,17 +356,13 @@ def _from_module(model: nn.Module, *, source_name: str, engine: str, precision: 
                 _check_bf16_cpu("torch", source_name)
             return TorchEngine(deploy_model(model, dtype=torch.bfloat16), source=source_name, precision="bf16")
         return TorchEngine(deploy_model(model) if deploy else model.eval(), source=source_name)
-    from .export import export_onnx
     from .quantize import quantize_onnx
 
     if precision == "int8" and calibration is None:
         raise ValueError(f"precision int8 for {source_name} needs calibration batches to quantize it")
     with tempfile.TemporaryDirectory(prefix="dense-engine-") as tmp:
         path = Path(tmp) / "model.onnx"
-        if any(p.device.type != "cpu" for p in model.parameters()):
-            model = copy.deepcopy(model).cpu()  # the caller's model stays where it is
-        export_onnx(model.eval(), str(path), example=torch.randn(2, _first_conv_channels(model) or 3, 96, 96),
-                    min_size=32)
+        export_for_engine(model, str(path))
         if precision == "int8":
             quantized = Path(tmp) / "model.int8.onnx"
             quantize_onnx(path, quantized, calibration)
@@ -454,13 +449,6 @@ def _ov_static(shape: Any, dim: int) -> Optional[int]:
     if shape.rank.is_dynamic or len(shape) <= dim or shape[dim].is_dynamic:
         return None
     return shape[dim].get_length()
-
-
-def _first_conv_channels(model: nn.Module) -> Optional[int]:
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            return module.in_channels
-    return None
 
 
 def _first_line(err: BaseException) -> str:

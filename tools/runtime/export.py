@@ -3,21 +3,22 @@ the export records about itself, through a staging folder so that a failed expor
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, List, Mapping, Sequence
+from typing import Any, List, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
 from .extras import require
 
-__all__ = ["METADATA_KEY", "output_names", "export_onnx", "export_openvino", "export_torchscript",
-           "add_onnx_metadata", "Staging"]
+__all__ = ["METADATA_KEY", "output_names", "first_conv_channels", "export_onnx", "export_for_engine",
+           "export_openvino", "export_torchscript", "add_onnx_metadata", "Staging"]
 
 # Prefix of what an export records in the file (ONNX metadata_props, OpenVINO rt_info): classes, precision...
 METADATA_KEY = "dense_backbones"
@@ -51,6 +52,19 @@ def export_onnx(model: nn.Module, path: str, *, example: torch.Tensor, opset: in
         torch.onnx.export(model, (example,), path, dynamo=True, opset_version=opset, input_names=["images"],
                           output_names=output_names(model), dynamic_shapes=({0: batch, 2: height, 3: width},),
                           external_data=external_data, verbose=False)
+
+
+def first_conv_channels(model: nn.Module) -> Optional[int]:
+    """Input channels of ``model``'s first ``nn.Conv2d`` (the channels it takes), ``None`` without one."""
+    return next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def export_for_engine(model: nn.Module, path: str) -> None:
+    """Write ``model`` as ONNX for an engine of this process to run: from the CPU in eval mode (a CPU copy when
+    its weights are elsewhere, so the caller's model stays put), dynamic batch, height and width >= 32."""
+    if any(p.device.type != "cpu" for p in model.parameters()):
+        model = copy.deepcopy(model).cpu()
+    export_onnx(model.eval(), path, example=torch.randn(2, first_conv_channels(model) or 3, 96, 96), min_size=32)
 
 
 def export_torchscript(model: nn.Module, path: str) -> None:
