@@ -12,6 +12,7 @@ from typing import List, Sequence, Tuple
 import torch
 import torch.fx
 from torch import nn
+
 from .registry import UsageError
 
 __all__ = ["FeatureSpec", "FeatureInfo", "Backbone", "is_symbolic_tracing"]

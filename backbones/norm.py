@@ -9,6 +9,7 @@ from typing import Callable, Dict
 
 import torch
 from torch import nn
+
 from .registry import UsageError
 
 __all__ = [

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from .base import FeatureInfo
-from .weights import short_names
 from .registry import UsageError
+from .weights import short_names
 
 __all__ = ["BackboneConformanceError", "check_backbone"]
 

@@ -25,6 +25,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
+
 from .registry import UsageError
 
 __all__ = ["WEIGHT_URLS", "TORCHVISION_SOURCES", "load_state_dict_file", "load_pretrained", "pretrained_file",

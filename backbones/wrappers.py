@@ -215,8 +215,7 @@ class TorchvisionResNet(Backbone):
         super().train(mode)
         for m in self.frozen_modules():
             m.requires_grad_(False)
-        if mode:
-            for m in self.frozen_modules():
+            if mode:
                 m.eval()
         return self
 

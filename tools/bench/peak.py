@@ -77,7 +77,6 @@ def peak_rates(rates: Dict[str, float]) -> Dict[str, Tuple[float, str]]:
 
 def _graph(size: int, precision: str) -> Tuple[bytes, Dict[str, np.ndarray]]:
     """An ONNX graph ``Y = A @ B`` with ``B`` a constant, and its feed."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -95,11 +94,18 @@ def _graph(size: int, precision: str) -> Tuple[bytes, Dict[str, np.ndarray]]:
         nodes.append(helper.make_node("MatMul", ["A", "B"], ["Y"]))
         inputs = [helper.make_tensor_value_info("A", TensorProto.FLOAT, [size, size])]
         outputs = [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [size, size])]
-    graph = helper.make_graph(nodes, "gemm", inputs, outputs, initializer=inits)
+    return _serialized(helper.make_graph(nodes, "gemm", inputs, outputs, initializer=inits)), {"A": a}
+
+
+def _serialized(graph: Any) -> bytes:
+    """An opset-18 model of ``graph``, checked, as bytes."""
+    import onnx
+    from onnx import helper
+
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8
     onnx.checker.check_model(model)
-    return model.SerializeToString(), {"A": a}
+    return model.SerializeToString()
 
 
 def _onnxruntime_gemm(size: int, precision: str, threads: int) -> Callable[[], Any]:
@@ -116,7 +122,6 @@ def _onnxruntime_gemm(size: int, precision: str, threads: int) -> Callable[[], A
 
 def _qdq_graph(size: int) -> Tuple[bytes, Dict[str, np.ndarray]]:
     """``Y = DQ(Q(A)) @ DQ(B_int8)``: what OpenVINO compiles into an int8 product, as in a quantized network."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -131,10 +136,7 @@ def _qdq_graph(size: int) -> Tuple[bytes, Dict[str, np.ndarray]]:
              helper.make_node("MatMul", ["Ad", "Bd"], ["Y"])]
     graph = helper.make_graph(nodes, "gemm_qdq", [helper.make_tensor_value_info("A", TensorProto.FLOAT, [size, size])],
                               [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [size, size])], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString(), {"A": rng.standard_normal((size, size), dtype=np.float32)}
+    return _serialized(graph), {"A": rng.standard_normal((size, size), dtype=np.float32)}
 
 
 def _openvino_gemm(size: int, precision: str, threads: int) -> Callable[[], Any]:
