@@ -1,0 +1,1 @@
+"""Detection as a task: COCO mAP evaluation by pycocotools and labelled-box drawings."""
