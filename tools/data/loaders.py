@@ -144,10 +144,13 @@ def _loader(dataset: Dataset, *, collate_fn: Callable[[List[Any]], Any], **kwarg
 
 
 def build_train_loader(dataset: Dataset, *, batch_size: int, workers: int, seed: int, rank: int = 0,
-                       world_size: int = 1, pin_memory: bool = False) -> Tuple[DataLoader, SeededShardSampler]:
+                       world_size: int = 1, pin_memory: bool = False,
+                       collate_fn: Callable[[List[Any]], Any] = default_collate
+                       ) -> Tuple[DataLoader, SeededShardSampler]:
     """A loader of full ``batch_size`` batches (the last partial batch of an epoch is dropped).
 
-    Raises ``ValueError`` when this process's shard cannot fill a single batch.
+    ``collate_fn`` turns a list of samples into a batch (detection keeps lists). Raises ``ValueError`` when this
+    process's shard cannot fill a single batch.
     """
     sampler = SeededShardSampler(dataset, seed=seed, rank=rank, world_size=world_size)
     if len(sampler) < batch_size:
@@ -156,20 +159,22 @@ def build_train_loader(dataset: Dataset, *, batch_size: int, workers: int, seed:
             f"process(es): fewer than one batch of {batch_size}; lower --batch-size"
         )
     loader = _loader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
-                     collate_fn=default_collate, pin_memory=pin_memory, persistent_workers=workers > 0,
+                     collate_fn=collate_fn, pin_memory=pin_memory, persistent_workers=workers > 0,
                      generator=_private_generator(seed))
     return loader, sampler
 
 
 def build_eval_loader(dataset: Dataset, *, batch_size: int = 1, workers: int = 0, rank: int = 0,
-                      world_size: int = 1, pin_memory: bool = False) -> DataLoader:
+                      world_size: int = 1, pin_memory: bool = False,
+                      collate_fn: Callable[[List[Any]], Any] = pad_collate) -> DataLoader:
     """A loader over this process's ``rank::world_size`` share of ``dataset``, in order, without padding.
 
     Shards are disjoint and cover the set once, so summing the processes' confusion matrices scores every
-    image exactly once (``DistributedSampler`` would repeat images to even out the shards).
+    image exactly once (``DistributedSampler`` would repeat images to even out the shards). ``collate_fn``
+    turns a list of samples into a batch.
     """
     indices: List[int] = list(range(rank, len(dataset), world_size))
-    return _loader(dataset, batch_size=batch_size, sampler=indices, num_workers=workers, collate_fn=pad_collate,
+    return _loader(dataset, batch_size=batch_size, sampler=indices, num_workers=workers, collate_fn=collate_fn,
                    pin_memory=pin_memory, persistent_workers=workers > 0, generator=_private_generator(0))
 
 
