@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
 import inspect
+from types import ModuleType
 from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
 
-__all__ = ["UsageError", "Registry", "check_kwargs", "BACKBONES", "register_backbone", "build_backbone",
-           "list_backbones"]
+__all__ = ["UsageError", "MissingExtraError", "require_extra", "Registry", "check_kwargs", "BACKBONES",
+           "register_backbone", "build_backbone", "list_backbones"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -28,6 +30,27 @@ class UsageError(TypeError):
     catches it; the command-line programs report it in one line, while any other ``TypeError`` (a bug) keeps
     its traceback.
     """
+
+
+class MissingExtraError(ImportError):
+    """An optional dependency (an extra of the package) is not installed; the message names the ``pip install``
+    that brings it."""
+
+
+def require_extra(module: str, *, extra: str, purpose: str) -> ModuleType:
+    """Import ``module``, or raise :class:`MissingExtraError` naming it and the extra that installs it.
+
+    Example::
+
+        transformers = require_extra("transformers", extra="hf", purpose="heads.hf")
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise MissingExtraError(
+            f"{purpose} needs the {module} package ({err}); install it with pip install "
+            f"\"dense-backbones[{extra}]\" (in a checkout: pip install -e \".[{extra}]\")"
+        ) from None
 
 
 class Registry:

@@ -8,11 +8,14 @@ with the path to place it at.
 
 Checkpoints are read with ``torch.load(weights_only=True)`` or safetensors, so a file that needs code to
 unpickle is refused rather than executed. Every key and shape is checked *before* any tensor is copied, so a
-bad checkpoint leaves the model exactly as it was.
+bad checkpoint leaves the model exactly as it was. A model built for ``in_chans != 3`` gets the RGB checkpoint's
+first convolution adapted to its input channels (:func:`adapt_input_conv`, timm's rule), said in one log line.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import pickle
 import re
@@ -30,7 +33,10 @@ from .registry import UsageError
 
 __all__ = ["WEIGHT_URLS", "TORCHVISION_SOURCES", "load_state_dict_file", "load_pretrained", "pretrained_file",
            "resolve_weights", "cached_path_for_url", "torchvision_url", "timm_weights_file", "hf_weights_file",
-           "hf_cached_file", "hf_snapshot_dir", "hub_unreachable", "load_checked", "state_dict_mismatches"]
+           "hf_cached_file", "hf_snapshot_dir", "hub_unreachable", "load_checked", "state_dict_mismatches",
+           "adapt_input_conv", "input_conv_name"]
+
+logger = logging.getLogger(__name__)
 
 # torchvision's ImageNet weights (IMAGENET1K_V1): the file names end in the SHA-256 prefix torch.hub checks.
 WEIGHT_URLS: Dict[str, str] = {
@@ -332,6 +338,56 @@ def _adapt_to_model(sd: Dict[str, torch.Tensor], model: nn.Module) -> Tuple[Dict
     return out, unused_stats
 
 
+def adapt_input_conv(weight: torch.Tensor, *, in_chans: int) -> torch.Tensor:
+    """Pretrained first-convolution weights ``(O, C, kh, kw)`` refitted to ``in_chans`` input channels, as timm
+    refits them (``timm.models.adapt_input_conv``).
+
+    One channel sums the pretrained ones: a grey image is an RGB image with R = G = B, so the sum gives it the
+    response the RGB weights give that image. ``N`` channels repeat the pretrained ones cyclically (R, G, B, R...)
+    and scale them by ``C / N``, which keeps the response to an input whose channels are all equal.
+
+    Returns:
+        a tensor of shape ``(O, in_chans, kh, kw)`` and the weight's dtype (computed in float32).
+    """
+    if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
+        raise ValueError(f"in_chans must be a positive int, got {in_chans!r}")
+    if weight.dim() != 4:
+        raise ValueError(f"adapt_input_conv expects a (O, C, kh, kw) convolution weight, got shape "
+                         f"{tuple(weight.shape)}")
+    source = weight.shape[1]
+    if in_chans == source:
+        return weight
+    w = weight.float()
+    if in_chans == 1:
+        w = w.sum(dim=1, keepdim=True)
+    else:
+        w = w.repeat(1, math.ceil(in_chans / source), 1, 1)[:, :in_chans] * (source / in_chans)
+    return w.to(weight.dtype)
+
+
+def input_conv_name(model: nn.Module) -> Optional[str]:
+    """Qualified name of the first ``nn.Conv2d`` of ``model`` (its input convolution), ``None`` if it has none."""
+    return next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def _adapt_input_channels(sd: Dict[str, torch.Tensor], model: nn.Module) -> Optional[str]:
+    """Refit an RGB checkpoint's input convolution in ``sd`` to the model's input channels, in place.
+
+    Returns what was done, for the log line written once the checkpoint has loaded; ``None`` if nothing was.
+    """
+    name = input_conv_name(model)
+    key = f"{name}.weight"
+    target = model.state_dict().get(key) if name is not None else None
+    have = sd.get(key)
+    if (target is None or have is None or have.dim() != 4 or have.shape[1] != 3 or target.shape[1] == 3
+            or have.shape[:1] + have.shape[2:] != target.shape[:1] + target.shape[2:]):
+        return None
+    n = target.shape[1]
+    sd[key] = adapt_input_conv(have, in_chans=n)
+    rule = "summed over R, G, B" if n == 1 else f"R, G, B repeated and scaled by 3/{n}"
+    return f"adapted the pretrained {key} from 3 to {n} input channels ({rule}, as timm does)"
+
+
 def short_names(names: Sequence[str], limit: int = 8) -> str:
     """``"a, b ... (+3 more)"``: the first ``limit`` names, for error messages about many keys or layers."""
     return ", ".join(names[:limit]) + (f" ... (+{len(names) - limit} more)" if len(names) > limit else "")
@@ -380,7 +436,8 @@ def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, wh
     """Load a torchvision- or timm-format ``state_dict`` into ``model`` with ``strict=True``, all or nothing.
 
     The classifier, stages the model does not build and statistics its norm layers do not keep are dropped
-    first; everything else must fit.
+    first, and an RGB input convolution is adapted to a model built with other input channels
+    (:func:`adapt_input_conv`); everything else must fit.
 
     Args:
         where: where the state dict came from, for messages (a file name).
@@ -389,6 +446,7 @@ def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, wh
         ValueError: missing or unexpected keys or shape mismatches, listed together; the model is unchanged.
     """
     sd, unused_stats = _adapt_to_model(dict(state_dict), model)
+    adapted = _adapt_input_channels(sd, model)
     problems = state_dict_mismatches(model, sd)
     if problems:
         raise ValueError(
@@ -396,6 +454,8 @@ def load_checked(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, wh
             f"{f' ({arch})' if arch else ''}; expected a torchvision/timm ResNet state dict. {problems}"
         )
     model.load_state_dict(sd, strict=True)
+    if adapted:
+        logger.info("%s: %s", where, adapted)
     if unused_stats:
         # Loading BN weights into GN is a common initialisation (mmdet/mmseg do it with a log line), but the
         # layers then normalise with different statistics than the ones the weights were trained with.

@@ -16,6 +16,7 @@ and :meth:`DenseEncoder.load_state_dict` checks every key and shape. For other w
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
@@ -25,10 +26,12 @@ from segmentation_models_pytorch.encoders import encoders as SMP_ENCODERS
 from segmentation_models_pytorch.encoders._base import EncoderMixin
 
 from backbones.registry import UsageError, build_backbone, list_backbones
-from backbones.weights import (WEIGHT_URLS, hf_cached_file, hf_snapshot_dir, hf_url, hf_weights_file,
-                               hub_unreachable, load_checked)
+from backbones.weights import (WEIGHT_URLS, adapt_input_conv, hf_cached_file, hf_snapshot_dir, hf_url,
+                               hf_weights_file, hub_unreachable, input_conv_name, load_checked)
 
 __all__ = ["DenseEncoder", "register_smp_encoders"]
+
+logger = logging.getLogger(__name__)
 
 NOMINAL_STRIDES = (2, 4, 8, 16, 32)
 
@@ -54,16 +57,39 @@ class DenseEncoder(nn.Module, EncoderMixin):
         self.backbone = build_backbone(backbone, out_strides=NOMINAL_STRIDES[:depth],
                                        output_stride=output_stride, **backbone_kwargs)
         self._depth = depth
-        self._in_channels = 3
+        self._in_channels = self.backbone.in_chans
         self._output_stride = output_stride
-        self._out_channels: List[int] = [3] + list(self.backbone.feature_info.channels)
+        self._out_channels: List[int] = [self._in_channels] + list(self.backbone.feature_info.channels)
+        self._has_pretrained = bool(backbone_kwargs.get("pretrained"))
 
     def set_in_channels(self, in_channels: int, pretrained: bool = True) -> None:
-        """Adapt the first convolution to ``in_channels`` (smp's weight-repeating patch)."""
-        if in_channels == 3:
+        """smp's hook for ``in_channels``: rebuild the backbone's input convolution for them, adapting pretrained
+        weights (smp's ``encoder_weights``, or ``pretrained=`` of the backbone) as timm does
+        (:func:`backbones.weights.adapt_input_conv`: sum for 1 channel, repeat and scale by 3/N otherwise), said
+        in one log line; without weights it is initialised afresh."""
+        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+            raise ValueError(f"in_channels must be a positive int, got {in_channels!r}")
+        if in_channels == self._in_channels:
             return
-        super().set_in_channels(in_channels, pretrained=pretrained)
+        name = input_conv_name(self.backbone)
+        parent_name, _, attr = name.rpartition(".")
+        parent = self.backbone.get_submodule(parent_name)
+        old = getattr(parent, attr)
+        conv = nn.Conv2d(in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation,
+                         old.groups, bias=old.bias is not None).to(old.weight.device, old.weight.dtype)
+        if pretrained or self._has_pretrained:
+            with torch.no_grad():
+                conv.weight.copy_(adapt_input_conv(old.weight, in_chans=in_channels))
+                if old.bias is not None:
+                    conv.bias.copy_(old.bias)
+            logger.info("%s: adapted the pretrained %s.weight from %d to %d input channels (as timm does)",
+                        type(self).__name__, name, old.in_channels, in_channels)
+        else:
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+        setattr(parent, attr, conv)
         self.backbone.in_chans = in_channels
+        self._in_channels = in_channels
+        self._out_channels[0] = in_channels
 
     def make_dilated(self, output_stride: int) -> None:
         """smp's dilation hook: the backbone was built at ``output_stride`` already, so only check it."""
