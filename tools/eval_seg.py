@@ -11,7 +11,7 @@ Examples::
 The model is rebuilt from the config stored in the checkpoint, or is the ``--model`` file run by ``--engine``
 (the checkpoint then gives the classes and the dataset); the dataset defaults to the run's own (dataset, root,
 validation split, data options), and any of them can be replaced by a flag. Every engine goes through the same
-preprocessing, sliding window, multi-scale/flip and resize-back (:mod:`tools.engine.inference`).
+preprocessing, sliding window, multi-scale/flip and resize-back (:mod:`tools.tasks.segmentation.inference`).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from .data.transforms import eval_transform
 from .engine import distributed as dist_utils
 from .engine.cli import run_cli
 from .engine.config import yaml_mapping
-from .engine.inference import add_inference_args, evaluate, inference_options
-from .engine.metrics import format_table
-from .engine.model import describe_model
+from .tasks.segmentation.inference import add_inference_args, evaluate, inference_options
+from .tasks.segmentation.metrics import format_table
+from .tasks.segmentation.model import describe_model
 from .engine.precision import check_amp
 from .runtime.engines import Engine, add_engine_args, inference_device, load_for_inference
 

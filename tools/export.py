@@ -44,7 +44,7 @@ from backbones import deploy
 
 from .bench.profiling import parse_size
 from .engine.cli import add_list_argument, run_cli
-from .engine.model import build_named_model, model_from_checkpoint
+from .tasks import build_named_model, model_from_checkpoint
 from .runtime.engines import PRECISIONS, cpu_supports_bf16, load_engine
 from .runtime.export import Staging, add_onnx_metadata, export_onnx, export_openvino, export_torchscript
 from .runtime.quantize import QUANTIZERS, calibration_batches, quantize_onnx

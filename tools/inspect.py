@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 from .bench.profiling import DTYPES, ModelCost, model_cost, parse_size
 from .bench.report import format_cost
 from .engine.cli import add_list_argument, run_cli
-from .engine.model import build_named_model
+from .tasks import build_named_model
 
 __all__ = ["parse_args", "run", "main"]
 

@@ -32,7 +32,7 @@ from .data.io import IMAGE_EXTENSIONS, list_images, read_image
 from .data.transforms import normalize
 from .engine.cli import run_cli
 from .engine.distributed import resolve_device, torchrun_env
-from .engine.inference import add_inference_args, inference_options, predict_probs
+from .tasks.segmentation.inference import add_inference_args, inference_options, predict_probs
 from .engine.precision import check_amp
 from .engine.visualize import add_legend, overlay, save_png
 from .runtime.engines import add_engine_args, inference_device, load_for_inference

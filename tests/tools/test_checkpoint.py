@@ -244,7 +244,7 @@ def test_the_synthetic_config_is_the_default_run():
     # the file documents the defaults: every value it sets is the parser's own, except the resolved lr and
     # iterations, which the parser leaves to the optimizer and the trainer
     from tools.engine.optim import DEFAULT_LR
-    from tools.engine.trainer import DEFAULT_ITERS
+    from tools.tasks.segmentation.task import DEFAULT_ITERS
 
     defaults.update(lr=DEFAULT_LR[defaults["optimizer"]], iters=DEFAULT_ITERS)
     assert {k: defaults[k] for k in written} == written

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tools.engine.checkpoint import load_checkpoint
-from tools.engine.model import build_model
+from tools.tasks.segmentation.model import build_model
 from tools.train_seg import run
 
 from tests.tools.fixtures import single_thread, subprocess_env, tiny_run_args  # noqa: F401

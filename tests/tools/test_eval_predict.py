@@ -15,7 +15,7 @@ from torch import nn
 
 from tools import eval_seg, predict
 from tools.engine.checkpoint import load_checkpoint, save_checkpoint
-from tools.engine.inference import predict_probs, slide_logits
+from tools.tasks.segmentation.inference import predict_probs, slide_logits
 from tools.train_seg import run as train
 
 from tests.tools.fixtures import pair, single_thread, tiny_run_args, write_folder, write_image  # noqa: F401
@@ -183,7 +183,7 @@ def exported(checkpoint, tmp_path_factory):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     pytest.importorskip("openvino")
-    from tools.engine.model import model_from_checkpoint
+    from tools.tasks import model_from_checkpoint
     from tools.runtime.export import add_onnx_metadata, export_onnx, export_openvino
     from tools.runtime.quantize import calibration_batches, quantize_onnx
 

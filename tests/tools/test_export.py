@@ -12,7 +12,7 @@ from backbones import build_backbone, deploy
 from heads import build_segmentor
 from tools.data.synthetic import SHAPE_CLASSES
 from tools.engine.checkpoint import save_checkpoint
-from tools.engine.model import build_model
+from tools.tasks.segmentation.model import build_model
 from tools.export import main
 from tools.runtime.engines import load_engine, openvino_is_quantized
 from tools.runtime.export import export_onnx

@@ -92,7 +92,7 @@ def test_stage_rows_describe_output_stride_8():
 
 def test_segmentation_model_rows_expand_the_backbone():
     pytest.importorskip("heads")
-    from tools.engine.model import build_named_model
+    from tools.tasks import build_named_model
 
     cost = model_cost(build_named_model("resnet18+deeplabv3plus", output_stride=16, num_classes=7),
                       (1, 3, 96, 96), with_memory=False)

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tools.engine.losses import SegLoss
-from tools.engine.metrics import ConfusionMatrix, format_table
+from tools.tasks.segmentation.losses import SegLoss
+from tools.tasks.segmentation.metrics import ConfusionMatrix, format_table
 from tools.engine.schedule import poly_factor, poly_warmup_scheduler
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 import tools.engine.trainer as trainer
+from tools.tasks.segmentation.task import SEGMENTATION
 from tools.engine.cli import MissingExtra
 from tools.train_seg import build_parser, run
 
@@ -45,7 +46,7 @@ def test_default_follows_the_package_and_asking_without_it_is_an_error(monkeypat
     for installed in (True, False):
         monkeypatch.setattr(trainer, "tensorboard_available", lambda: installed)
         cfg = dict(defaults)
-        trainer.check_config(cfg)
+        trainer.check_config(cfg, SEGMENTATION)
         assert cfg["tensorboard"] is installed
     with pytest.raises(MissingExtra, match="pip install tensorboard"):
-        trainer.check_config({**defaults, "tensorboard": True})
+        trainer.check_config({**defaults, "tensorboard": True}, SEGMENTATION)

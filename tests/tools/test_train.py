@@ -18,8 +18,9 @@ import torch
 import yaml
 
 import tools.engine.trainer as trainer
+import tools.tasks.segmentation.task as seg_task
 from tools.engine.checkpoint import load_checkpoint
-from tools.engine.losses import SegLoss
+from tools.tasks.segmentation.losses import SegLoss
 from tools.train_seg import build_parser, main, run
 
 from tests.tools.fixtures import single_thread, subprocess_env, tiny_run_args, write_folder  # noqa: F401
@@ -251,21 +252,21 @@ def test_the_default_runs_config_file_is_the_default_run():
 
     written_out, _ = resolve_config(["--config", str(REPO / "configs" / "synthetic_bisenet_r18.yaml")])
     defaults, _ = resolve_config([])
-    defaults["iters"] = defaults["iters"] or trainer.DEFAULT_ITERS  # as setup() fills it
-    trainer.check_config(written_out)
-    trainer.check_config(defaults)
+    defaults["iters"] = defaults["iters"] or seg_task.DEFAULT_ITERS  # as setup() fills it
+    trainer.check_config(written_out, seg_task.SEGMENTATION)
+    trainer.check_config(defaults, seg_task.SEGMENTATION)
     assert {k: v for k, v in written_out.items() if k != "config"} == {k: v for k, v in defaults.items()
                                                                      if k != "config"}
 
 
 def test_log_times_training_and_evaluation_apart(tmp_path, monkeypatch, capsys):
-    original = trainer.evaluate
+    original = seg_task.evaluate
 
     def slow_evaluate(*args, **kwargs):
         time.sleep(1.0)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(trainer, "evaluate", slow_evaluate)
+    monkeypatch.setattr(seg_task, "evaluate", slow_evaluate)
     run(tiny_run_args(tmp_path, "timed", "--iters", "4", "--eval-interval", "2"))
     train, val = records(tmp_path / "timed", "train"), records(tmp_path / "timed", "val")
     assert [r["evals_left"] for r in train] == [2, 2, 1, 1]  # evaluations at 2 and 4, each after its log line

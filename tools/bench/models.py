@@ -8,7 +8,7 @@ from torch import nn
 
 from heads.base import nominal_strides
 
-from ..engine.model import build_named_model
+from ..tasks import build_named_model
 
 __all__ = ["NUM_CLASSES", "build", "check_size", "min_size"]
 

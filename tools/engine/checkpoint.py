@@ -14,7 +14,7 @@ import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -22,7 +22,8 @@ from torch import nn
 
 from backbones.weights import state_dict_mismatches
 
-__all__ = ["FORMAT_VERSION", "CHECKPOINT_KEYS", "CONFIG_KEYS", "RESUME_KEYS", "save_checkpoint", "load_checkpoint",
+__all__ = ["FORMAT_VERSION", "CHECKPOINT_KEYS", "RESUME_KEYS", "TASK_KEYS", "checkpoint_task", "save_checkpoint",
+           "load_checkpoint",
            "rng_state", "set_rng_state", "check_model_state"]
 
 FORMAT_VERSION = 1
@@ -64,24 +65,37 @@ def _free_space(folder: Path) -> str:
         return "unknown space"
 
 
-# What every checkpoint of tools.train_seg holds (last.pt and best.pt alike), the config keys that name its
-# model (the other model options have defaults), and what continuing a run needs besides (last.pt only).
+# What every checkpoint holds (last.pt and best.pt alike), and what continuing a run needs besides (last.pt only).
 CHECKPOINT_KEYS = ("model", "config")
-CONFIG_KEYS = ("backbone", "head")
-RESUME_KEYS = ("optimizer", "scheduler", "scaler", "iteration", "best_miou", "rng")
+RESUME_KEYS = ("optimizer", "scheduler", "scaler", "iteration", "rng")
+# Per task: the config keys that name its model (every checkpoint's config holds them) and the last.pt key of
+# the best validation score. A checkpoint without a "task" key was written before detection existed.
+TASK_KEYS = {"segmentation": (("backbone", "head"), "best_miou"),
+             "detection": (("backbone", "detector"), "best_ap")}
+LEGACY_TASK = "segmentation"
+# The program that writes each task's checkpoints, for messages.
+TRAINER_OF = {"segmentation": "dense-train", "detection": "dense-train-det"}
+WRITERS = "tools.train_seg or tools.train_det"
 
 
-def load_checkpoint(path: PathLike, *, resume: bool = False) -> Dict[str, Any]:
+def checkpoint_task(checkpoint: Mapping[str, Any]) -> str:
+    """The task a checkpoint's model solves (``"segmentation"``, ``"detection"``)."""
+    return checkpoint.get("task", LEGACY_TASK)
+
+
+def load_checkpoint(path: PathLike, *, resume: bool = False, task: Optional[str] = None) -> Dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (on CPU, weights only) and check its keys.
 
     Args:
-        resume: also require what continuing the run needs (:data:`RESUME_KEYS`: held by ``last.pt``, not by
-            ``best.pt``).
+        resume: also require what continuing the run needs (:data:`RESUME_KEYS` and the best score: held by
+            ``last.pt``, not by ``best.pt``).
+        task: the task the caller takes (``"segmentation"``, ``"detection"``); a checkpoint of another task is
+            refused. ``None`` takes either.
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file is not a readable checkpoint of this project's format, or lacks a key it needs;
-            the message names the file and the missing keys.
+        ValueError: the file is not a readable checkpoint of this project's format, holds another task's model,
+            or lacks a key it needs; the message names the file and the missing keys.
     """
     path = Path(path)
     if not path.is_file():
@@ -93,30 +107,39 @@ def load_checkpoint(path: PathLike, *, resume: bool = False) -> Dict[str, Any]:
         found = re.search(r"GLOBAL (\S+)", str(e))
         if found:
             raise ValueError(f"refusing to load {str(path)!r}: it holds pickled Python code ({found.group(1)}); "
-                             f"a checkpoint written by tools.train_seg holds only tensors and plain values") from e
-        raise ValueError(f"cannot read checkpoint {str(path)!r}: not a checkpoint written by tools.train_seg, or "
-                         f"corrupt (not a torch file)") from e
+                             f"a checkpoint written by {WRITERS} holds only tensors and plain values") from e
+        raise ValueError(f"cannot read checkpoint {str(path)!r}: not a checkpoint written by "
+                         f"tools.train_seg, or corrupt (not a torch file)") from e
     except Exception as e:  # truncated, or not a torch file at all
         detail = re.split(r"(?<=[.?]) ", str(e).strip().split("\n")[0])[0]  # torch's first sentence
         detail = "" if "weights_only" in detail or not detail else f": {type(e).__name__}: {detail}"
-        raise ValueError(f"cannot read checkpoint {str(path)!r}: not a checkpoint written by tools.train_seg, or "
-                         f"corrupt{detail}") from e
+        raise ValueError(f"cannot read checkpoint {str(path)!r}: not a checkpoint written by "
+                         f"tools.train_seg, or corrupt{detail}") from e
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"{str(path)!r} is not a checkpoint written by tools.train_seg (expected keys 'model' "
-                         f"and 'config', got {keys})")
+        raise ValueError(f"{str(path)!r} is not a checkpoint written by {WRITERS} (expected keys 'model' and "
+                         f"'config', got {keys})")
+    kind = checkpoint_task(ckpt)
+    if kind not in TASK_KEYS:
+        raise ValueError(f"checkpoint {str(path)!r} is damaged: its task {kind!r} is not one of "
+                         f"{', '.join(map(repr, TASK_KEYS))}")
+    if task is not None and kind != task:
+        raise ValueError(f"checkpoint {str(path)!r} holds a {kind} model (written by {TRAINER_OF[kind]}); this "
+                         f"program takes {task} checkpoints, written by {TRAINER_OF[task]}")
     config = ckpt["config"]
     if not isinstance(config, dict):
         raise ValueError(f"checkpoint {str(path)!r} is damaged: its config is a {type(config).__name__}, not a "
                          f"mapping of option names to values")
-    missing = [k for k in CONFIG_KEYS if k not in config]
+    name_keys, best_key = TASK_KEYS[kind]
+    missing = [k for k in name_keys if k not in config]
     if missing:
         raise ValueError(f"checkpoint {str(path)!r} is damaged: its config lacks {_names(missing)}, the name of "
-                         f"the model's {' and '.join(missing)}, which tools.train_seg always writes")
-    missing = [k for k in RESUME_KEYS if k not in ckpt] if resume else []
+                         f"the model's {' and '.join(missing)}, which {TRAINER_OF[kind]} always writes")
+    needed = RESUME_KEYS[:-1] + (best_key, RESUME_KEYS[-1])
+    missing = [k for k in needed if k not in ckpt] if resume else []
     if missing:
         raise ValueError(f"cannot resume from {str(path)!r}: it lacks {_names(missing)}. Resume from a run's "
-                         f"last.pt (best.pt holds the weights only, for tools.eval_seg and tools.predict)")
+                         f"last.pt (best.pt holds the weights only, for evaluation and prediction)")
     return ckpt
 
 

@@ -1,5 +1,6 @@
 """A run's optimizer and learning-rate schedule: SGD with momentum or AdamW over ``backbones.param_groups``
-(weight decay per kind of parameter, an lr multiplier for the backbone), then the poly schedule with warm-up.
+(weight decay per kind of parameter, an lr multiplier for the backbone), then the lr schedule (poly, cosine or
+multi-step) with warm-up.
 
 The fused optimizer step (one kernel over all tensors) is used wherever PyTorch has it (CPU and CUDA): its
 default on CPU is a loop over the tensors, a visible share of a small model's step (docs/performance.md), and
@@ -16,7 +17,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from backbones import param_groups
 
-from .schedule import poly_warmup_scheduler
+from .schedule import warmup_scheduler
 
 __all__ = ["OPTIMIZERS", "DEFAULT_LR", "build_optimizer"]
 
@@ -26,7 +27,8 @@ DEFAULT_LR = {"sgd": 0.01, "adamw": 0.002}
 
 def build_optimizer(cfg: Mapping[str, Any], model: nn.Module, *, max_iters: int
                     ) -> Tuple[torch.optim.Optimizer, LambdaLR]:
-    """The optimizer and per-iteration scheduler ``cfg`` (``tools.train_seg``'s keys) asks for.
+    """The optimizer and per-iteration scheduler ``cfg`` (a training program's keys) asks for; a config without
+    ``lr_schedule`` (written before the option existed) is poly.
 
     Each group gets lr = base lr x its multiplier; ``LambdaLR`` then scales each group's own initial lr, which keeps
     the multiplier for the whole run.
@@ -39,9 +41,10 @@ def build_optimizer(cfg: Mapping[str, Any], model: nn.Module, *, max_iters: int
         optimizer = torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"], fused=fused)
     else:
         optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], fused=fused)
-    scheduler = poly_warmup_scheduler(optimizer, max_iters=max_iters, power=cfg["poly_power"],
-                                      warmup_iters=min(cfg["warmup_iters"], max_iters),
-                                      warmup_ratio=cfg["warmup_ratio"])
+    scheduler = warmup_scheduler(optimizer, schedule=cfg.get("lr_schedule") or "poly", max_iters=max_iters,
+                                 power=cfg["poly_power"], steps=cfg.get("lr_steps") or (),
+                                 gamma=cfg.get("lr_gamma", 0.1), warmup_iters=min(cfg["warmup_iters"], max_iters),
+                                 warmup_ratio=cfg["warmup_ratio"])
     return optimizer, scheduler
 
 

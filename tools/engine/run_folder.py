@@ -8,7 +8,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -64,9 +64,9 @@ def fmt_time(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def _default_name(cfg: Mapping[str, Any]) -> str:
-    name = f"{cfg['backbone']}_{cfg['head']}_{cfg['dataset']}_{time.strftime('%Y%m%d-%H%M%S')}"
-    return name.replace(":", "-").replace("/", "-")
+def _default_name(cfg: Mapping[str, Any], name_keys: Sequence[str]) -> str:
+    parts = [str(cfg[k]) for k in name_keys] + [str(cfg["dataset"]), time.strftime("%Y%m%d-%H%M%S")]
+    return "_".join(parts).replace(":", "-").replace("/", "-")
 
 
 # What a run writes into its folder, besides checkpoints: a new run in a folder whose run left no checkpoint
@@ -74,8 +74,12 @@ def _default_name(cfg: Mapping[str, Any]) -> str:
 RUN_OUTPUTS = ("config.yaml", "metrics.jsonl", "curves.png", "vis", EVENTS_GLOB)
 
 
-def prepare_run_dir(cfg: Dict[str, Any], resuming: bool) -> Tuple[Path, bool]:
+def prepare_run_dir(cfg: Dict[str, Any], resuming: bool, *, name_keys: Sequence[str] = ("backbone", "head")
+                    ) -> Tuple[Path, bool]:
     """Rank 0 picks (and checks) the run folder; every process gets the same answer or the same error.
+
+    Without ``--name`` a new run's folder is named after the ``name_keys`` of its config (the model's parts),
+    the dataset and the time.
 
     Returns the folder and whether it holds a run that stopped before its first checkpoint, which a new run
     (the same command again) replaces: only a folder with a checkpoint holds something worth keeping.
@@ -85,7 +89,7 @@ def prepare_run_dir(cfg: Dict[str, Any], resuming: bool) -> Tuple[Path, bool]:
         if resuming:
             run_dir = Path(cfg["resume"]).parent
         else:
-            cfg["name"] = cfg.get("name") or _default_name(cfg)
+            cfg["name"] = cfg.get("name") or _default_name(cfg, name_keys)
             run_dir = Path(cfg["output_dir"]) / cfg["name"]
         error, restart = None, False
         if not resuming and any((run_dir / f).exists() for f in ("last.pt", "best.pt")):

@@ -31,15 +31,19 @@ class BoardWriter:
     Args:
         purge_step: a resumed run's first new iteration; TensorBoard drops the events a killed run wrote at
             or after it, as ``RunLog.truncate_after`` does for ``metrics.jsonl``.
+        val_scalars: the validation record's fields plotted (in percent) as ``val/<key>``.
+        per_class: the validation record's per-class mapping, plotted as ``val_<per_class>/<class>``.
     """
 
-    def __init__(self, run_dir: Path, *, purge_step: Optional[int] = None) -> None:
+    def __init__(self, run_dir: Path, *, purge_step: Optional[int] = None,
+                 val_scalars: Sequence[str] = ("miou", "pixel_accuracy"), per_class: Optional[str] = "iou") -> None:
         if not tensorboard_available():
             raise MissingExtra("--tensorboard needs the tensorboard package: pip install tensorboard "
                                "(or pass --no-tensorboard)")
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+        self.val_scalars, self.per_class = tuple(val_scalars), per_class
 
     def record(self, entry: Mapping[str, Any]) -> None:
         """Scalars of one ``metrics.jsonl`` record; IoUs and accuracies in percent, like the console."""
@@ -49,13 +53,14 @@ class BoardWriter:
                 if entry.get(key) is not None:
                     self.writer.add_scalar(f"train/{key}", entry[key], step)
         elif entry.get("type") == "val":
-            for key in ("miou", "pixel_accuracy", "eval_sec"):
+            for key in (*self.val_scalars, "eval_sec"):
                 if entry.get(key) is not None:
                     scale = 1 if key == "eval_sec" else 100
                     self.writer.add_scalar(f"val/{key}", scale * entry[key], step)
-            for name, iou in (entry.get("iou") or {}).items():
-                if iou is not None:
-                    self.writer.add_scalar(f"val_iou/{name}", 100 * iou, step)
+            if self.per_class:
+                for name, value in (entry.get(self.per_class) or {}).items():
+                    if value is not None:
+                        self.writer.add_scalar(f"val_{self.per_class}/{name}", 100 * value, step)
 
     def images(self, tag: str, images: Sequence[np.ndarray], step: int) -> None:
         """``(H, W, 3)`` uint8 RGB pictures as ``<tag>/<i>``."""

@@ -1,6 +1,10 @@
-"""The segmentation training loop as named steps: :func:`setup` builds a :class:`RunState`, then
+"""The task-free training loop as named steps: :func:`setup` builds a :class:`RunState`, then
 :func:`train_step`, :func:`log_step`, :func:`evaluate_and_save` and :func:`finish` (torchvision's
 ``train_one_epoch``/``evaluate`` and detectron2's ``run_step`` shape). :func:`train` runs them in order.
+
+What is specific to a task (its data, model, loss, validation score and pictures) comes from a
+:class:`tools.engine.task.Task`; everything else (run folder, checkpoints and exact resume, Ctrl-C, DDP,
+precision, optimizer and schedule, logging, ETA) is here and the same for every task.
 
 SIGINT and SIGTERM stop the run between two steps with ``last.pt`` saved (:class:`TrainingInterrupted`). The
 logged s/it counts training only; evaluations are timed apart, and the ETA adds the evaluations still to come.
@@ -22,28 +26,23 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from ..data import SegmentationDataset, build_dataset
-from ..data.loaders import SeededShardSampler, build_eval_loader, build_train_loader
-from ..data.transforms import eval_transform, normalize, train_transform
+from torch.utils.data import DataLoader, Dataset
+
 from . import distributed as dist_utils
-from .checkpoint import FORMAT_VERSION, check_model_state, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import FORMAT_VERSION, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import save_config, to_plain
 from .cli import MissingExtra
-from .inference import evaluate, predict_probs
 from .interrupt import StopOnSignal, TrainingInterrupted
-from .losses import SegLoss
-from .metrics import ConfusionMatrix, format_table
-from .model import MODEL_KEYS, build_model, describe_model
 from .optim import DEFAULT_LR, build_optimizer
-from .precision import autocast, grad_scaler, resolve_amp
+from .precision import grad_scaler, resolve_amp
 from .run_folder import RunLog, clear_outputs, fmt_time, prepare_run_dir
+from .task import Evaluation, Task
 from .tensorboard_log import BoardWriter, tensorboard_available
-from .visualize import comparison, plot_curves, save_png
+from .visualize import plot_curves, save_png
 
-__all__ = ["DEFAULT_ITERS", "NOT_CONFIG", "RunState", "TrainingInterrupted",
-           "check_config", "setup", "train_step", "log_step", "evaluate_and_save", "save", "finish", "train"]
+__all__ = ["NOT_CONFIG", "RunState", "TrainingInterrupted", "check_config", "setup", "train_step", "log_step",
+           "evaluate_and_save", "save", "finish", "train"]
 
-DEFAULT_ITERS = 400
 # Keys of the command line that are not part of a run's config.
 NOT_CONFIG = ("config", "resume")
 
@@ -53,6 +52,7 @@ class RunState:
     """Everything one training run holds between steps."""
 
     cfg: Dict[str, Any]
+    task: Task
     info: dist_utils.DistInfo
     run_dir: Path
     log: RunLog
@@ -61,19 +61,19 @@ class RunState:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     scaler: torch.amp.GradScaler
-    criterion: nn.Module
-    train_ds: SegmentationDataset
-    val_ds: SegmentationDataset
-    train_loader: torch.utils.data.DataLoader
-    sampler: SeededShardSampler
-    val_loader: torch.utils.data.DataLoader
+    criterion: Any
+    train_ds: Dataset
+    val_ds: Dataset
+    train_loader: DataLoader
+    sampler: Any
+    val_loader: DataLoader
     iters_per_epoch: int
     eval_interval: int
     ckpt_interval: int
     iteration: int = 0
-    best_miou: float = -1.0
+    best_score: float = -1.0
     last_val: Optional[Dict[str, Any]] = None
-    last_cm: Optional[ConfusionMatrix] = None
+    last_eval: Optional[Evaluation] = None
     last_saved: Optional[int] = None
     started: float = field(default_factory=time.perf_counter)
     window_loss: float = 0.0
@@ -104,8 +104,9 @@ class RunState:
 # ------------------------------------------------------------------------------------------------- setup
 
 
-def check_config(cfg: Dict[str, Any]) -> None:
-    """Fill the learning-rate default and check the numeric options; raises ``ValueError`` naming the flag."""
+def check_config(cfg: Dict[str, Any], task: Task) -> None:
+    """Fill the learning-rate default and check the numeric options, then the task's own; raises
+    ``ValueError`` naming the flag."""
     if cfg.get("lr") is None:
         cfg["lr"] = DEFAULT_LR[cfg["optimizer"]]
     for key in ("batch_size", "val_batch_size", "log_interval", "lr"):
@@ -116,13 +117,9 @@ def check_config(cfg: Dict[str, Any]) -> None:
             raise ValueError(f"--{key.replace('_', '-')} must be > 0, got {cfg[key]!r}")
     if cfg.get("iters") is not None and cfg.get("epochs") is not None:
         raise ValueError(f"give --iters or --epochs, not both (got iters={cfg['iters']}, epochs={cfg['epochs']})")
-    if len(cfg["crop_size"]) not in (1, 2):
-        raise ValueError(f"--crop-size takes one or two ints (H W), got {cfg['crop_size']}")
     if cfg["workers"] < 0 or cfg["num_vis"] < 0 or cfg["warmup_iters"] < 0:
         raise ValueError("--workers, --num-vis and --warmup-iters must be >= 0")
-    cfg.setdefault("dice_weight", 0.0)  # configs written before the option: cross-entropy only
-    if not cfg["dice_weight"] >= 0:
-        raise ValueError(f"--dice-weight must be >= 0, got {cfg['dice_weight']!r}")
+    task.check_config(cfg)
     if cfg.get("tensorboard") is None:
         cfg["tensorboard"] = tensorboard_available()
     elif cfg["tensorboard"] and not tensorboard_available():
@@ -130,34 +127,8 @@ def check_config(cfg: Dict[str, Any]) -> None:
                            "--no-tensorboard)")
 
 
-def _build_datasets(cfg: Mapping[str, Any]) -> Tuple[SegmentationDataset, SegmentationDataset]:
-    crop = cfg["crop_size"] * 2 if len(cfg["crop_size"]) == 1 else cfg["crop_size"]
-    common = dict(root=cfg["root"], **(cfg["data_kwargs"] or {}))
-    train_ds = build_dataset(cfg["dataset"], split=cfg["train_split"], **common,
-                             transform=train_transform(crop_size=tuple(crop), scale_range=tuple(cfg["scale_range"]),
-                                                       hflip=cfg["hflip"], color_jitter=cfg["color_jitter"]))
-    val_ds = build_dataset(cfg["dataset"], split=cfg["val_split"], transform=eval_transform(), **common)
-    if val_ds.classes != train_ds.classes:
-        raise ValueError(f"the {cfg['train_split']!r} and {cfg['val_split']!r} splits disagree on the classes: "
-                         f"{len(train_ds.classes)} vs {len(val_ds.classes)}")
-    return train_ds, val_ds
-
-
-def _check_resume(checkpoint: Mapping[str, Any], cfg: Mapping[str, Any], model: nn.Module, classes, where: str
-                  ) -> None:
-    saved = checkpoint["config"]
-    if list(checkpoint.get("classes", [])) != list(classes):
-        raise ValueError(f"checkpoint {where} was trained on {len(checkpoint.get('classes', []))} classes "
-                         f"{list(checkpoint.get('classes', []))[:6]}..., but dataset {cfg['dataset']!r} has "
-                         f"{len(classes)}: {list(classes)[:6]}...")
-    changed = [k for k in MODEL_KEYS if saved.get(k) != cfg.get(k)]
-    if changed:
-        raise ValueError(f"checkpoint {where} holds {describe_model(saved)}; the model options "
-                         f"{', '.join(f'{k}={cfg.get(k)!r} (saved {saved.get(k)!r})' for k in changed)} differ")
-    check_model_state(model, checkpoint["model"], where=where)
-
-
-def setup(cfg: Dict[str, Any], info: dist_utils.DistInfo, checkpoint: Optional[Mapping[str, Any]]) -> RunState:
+def setup(cfg: Dict[str, Any], task: Task, info: dist_utils.DistInfo, checkpoint: Optional[Mapping[str, Any]]
+          ) -> RunState:
     """Data, model, optimizer and run folder of a new run, or of the run ``checkpoint`` continues."""
     device = info.device
     cfg["amp"], cfg["channels_last"], amp_reason = resolve_amp(cfg["amp"], cfg.get("channels_last"), device)
@@ -166,30 +137,25 @@ def setup(cfg: Dict[str, Any], info: dist_utils.DistInfo, checkpoint: Optional[M
                          "gn")
     resuming = bool(cfg.get("resume"))
     if resuming and checkpoint is None:
-        checkpoint = load_checkpoint(cfg["resume"], resume=True)
+        checkpoint = load_checkpoint(cfg["resume"], resume=True, task=task.name)
     torch.manual_seed(cfg["seed"])
     np.random.seed(cfg["seed"] % 2**32)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
-    train_ds, val_ds = _build_datasets(cfg)
-    pin = device.type == "cuda"
-    train_loader, sampler = build_train_loader(train_ds, batch_size=cfg["batch_size"], workers=cfg["workers"],
-                                               seed=cfg["seed"], rank=info.rank, world_size=info.world_size,
-                                               pin_memory=pin)
-    val_loader = build_eval_loader(val_ds, batch_size=cfg["val_batch_size"], workers=cfg["workers"],
-                                   rank=info.rank, world_size=info.world_size, pin_memory=pin)
-    iters_per_epoch = sampler.batches_per_epoch(cfg["batch_size"])
+    train_ds, val_ds = task.build_datasets(cfg)
+    loaders = task.build_loaders(cfg, train_ds, val_ds, info)
+    iters_per_epoch = loaders.sampler.batches_per_epoch(cfg["batch_size"])
     if cfg.get("epochs"):
         cfg["iters"], cfg["epochs"] = cfg["epochs"] * iters_per_epoch, None
-    max_iters = cfg["iters"] = cfg.get("iters") or DEFAULT_ITERS
+    max_iters = cfg["iters"] = cfg.get("iters") or task.default_iters
     eval_interval = cfg.get("eval_interval") or max(1, math.ceil(max_iters / 4))
 
-    run_dir, restart = prepare_run_dir(cfg, resuming)
+    run_dir, restart = prepare_run_dir(cfg, resuming, name_keys=task.name_keys)
     where = repr(str(cfg["resume"])) if resuming else ""
-    model = build_model(cfg, train_ds.num_classes, pretrained=None if resuming else cfg.get("pretrained"))
+    model = task.build_model(cfg, train_ds.classes, pretrained=None if resuming else cfg.get("pretrained"))
     if resuming:
-        _check_resume(checkpoint, cfg, model, train_ds.classes, where)
+        task.check_resume(checkpoint, cfg, model, train_ds, where)
     model.to(device)
     if cfg["channels_last"]:
         model.to(memory_format=torch.channels_last)
@@ -197,14 +163,12 @@ def setup(cfg: Dict[str, Any], info: dist_utils.DistInfo, checkpoint: Optional[M
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     optimizer, scheduler = build_optimizer(cfg, model, max_iters=max_iters)
     state = RunState(
-        cfg=cfg, info=info, run_dir=run_dir, log=RunLog(run_dir, enabled=info.is_main), model=model,
+        cfg=cfg, task=task, info=info, run_dir=run_dir, log=RunLog(run_dir, enabled=info.is_main), model=model,
         ddp=model if not info.distributed else DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None),
         optimizer=optimizer, scheduler=scheduler, scaler=grad_scaler(device, cfg["amp"]),
-        criterion=SegLoss(aux_weight=cfg["aux_weight"], ohem_thresh=cfg["ohem_thresh"],
-                          ohem_min_kept=cfg["ohem_min_kept"], dice_weight=cfg["dice_weight"]),
-        train_ds=train_ds, val_ds=val_ds, train_loader=train_loader, sampler=sampler, val_loader=val_loader,
-        iters_per_epoch=iters_per_epoch, eval_interval=eval_interval,
+        criterion=task.build_criterion(cfg), train_ds=train_ds, val_ds=val_ds, train_loader=loaders.train,
+        sampler=loaders.sampler, val_loader=loaders.val, iters_per_epoch=iters_per_epoch, eval_interval=eval_interval,
         ckpt_interval=cfg.get("ckpt_interval") or eval_interval)
     if resuming:
         _restore(state, checkpoint, where)
@@ -220,14 +184,15 @@ def setup(cfg: Dict[str, Any], info: dist_utils.DistInfo, checkpoint: Optional[M
             state.log.truncate_after(state.iteration)
         if cfg["tensorboard"]:
             # what a killed run logged after its checkpoint goes, as in metrics.jsonl
-            state.log.board = BoardWriter(run_dir, purge_step=state.iteration + 1 if resuming else None)
+            state.log.board = BoardWriter(run_dir, purge_step=state.iteration + 1 if resuming else None,
+                                          val_scalars=task.board_scalars, per_class=task.per_class)
     precision = "fp32" if cfg["amp"] == "none" else f"{cfg['amp']} autocast"
     precision += (" + channels_last" if cfg["channels_last"] else "") + (f" ({amp_reason})" if amp_reason else "")
     state.log.print(
-        f"{'resuming' if resuming else 'training'} {describe_model(cfg, train_ds.num_classes)} on {train_ds.name} "
-        f"({len(train_ds)} images) / {val_ds.name} ({len(val_ds)}), {info.world_size} process(es) on {device}, "
-        f"{precision}, {max_iters} iterations of {cfg['batch_size']} x {info.world_size}; run folder {run_dir}"
-        + (f", from iteration {state.iteration}" if resuming else ""))
+        f"{'resuming' if resuming else 'training'} {task.describe_model(cfg, train_ds.num_classes)} on "
+        f"{train_ds.name} ({len(train_ds)} images) / {val_ds.name} ({len(val_ds)}), {info.world_size} process(es) "
+        f"on {device}, {precision}, {max_iters} iterations of {cfg['batch_size']} x {info.world_size}; run folder "
+        f"{run_dir}" + (f", from iteration {state.iteration}" if resuming else ""))
     return state
 
 
@@ -238,7 +203,7 @@ def _restore(state: RunState, checkpoint: Mapping[str, Any], where: str) -> None
     state.scheduler.load_state_dict(checkpoint["scheduler"])
     state.scaler.load_state_dict(checkpoint["scaler"])
     state.iteration = state.last_saved = checkpoint["iteration"]
-    state.best_miou, state.last_val = checkpoint["best_miou"], checkpoint.get("metrics")
+    state.best_score, state.last_val = checkpoint[state.task.best_key], checkpoint.get("metrics")
     # the losses of a log window that a checkpoint cut in two (older checkpoints: start a new window)
     state.window_loss, state.window_count = checkpoint.get("log_window", (0.0, 0))
     if state.iteration >= state.max_iters:
@@ -250,16 +215,10 @@ def _restore(state: RunState, checkpoint: Mapping[str, Any], where: str) -> None
 # ------------------------------------------------------------------------------------------------- steps
 
 
-def train_step(state: RunState, images: torch.Tensor, masks: torch.Tensor) -> float:
+def train_step(state: RunState, inputs: Any, targets: Any) -> float:
     """One optimizer step on a batch; returns the loss averaged over processes. A non-finite loss stops the run."""
-    cfg, device = state.cfg, state.device
-    images = images.to(device, non_blocking=True)
-    masks = masks.to(device, non_blocking=True)
-    if cfg["channels_last"]:
-        images = images.contiguous(memory_format=torch.channels_last)
-    with autocast(device, cfg["amp"]):
-        output = state.ddp(images)
-    loss = state.criterion(output, masks)
+    inputs, targets = state.task.to_device(inputs, targets, state.device, state.cfg["channels_last"])
+    loss, _ = state.task.loss(state.ddp, state.criterion, inputs, targets, state.cfg)
     loss_value = loss.detach().clone()
     if state.info.distributed:
         torch.distributed.all_reduce(loss_value)  # also spreads a NaN to every process
@@ -273,9 +232,9 @@ def train_step(state: RunState, images: torch.Tensor, masks: torch.Tensor) -> fl
             f"lower --lr, --clip-grad, more --warmup-iters, or --amp none")
     state.optimizer.zero_grad(set_to_none=True)
     state.scaler.scale(loss).backward()
-    if cfg.get("clip_grad"):
+    if state.cfg.get("clip_grad"):
         state.scaler.unscale_(state.optimizer)
-        nn.utils.clip_grad_norm_(state.model.parameters(), cfg["clip_grad"])
+        nn.utils.clip_grad_norm_(state.model.parameters(), state.cfg["clip_grad"])
     state.scaler.step(state.optimizer)
     state.scaler.update()
     state.scheduler.step()
@@ -332,13 +291,12 @@ def save(state: RunState, *, best: bool) -> None:
     """``last.pt`` (everything to resume) and, when ``best``, ``best.pt`` (weights and metadata), rank 0 only."""
     if state.info.is_main:
         cfg = {k: v for k, v in state.cfg.items() if k not in NOT_CONFIG}
-        meta = {"format_version": FORMAT_VERSION, "model": state.model.state_dict(), "iteration": state.iteration,
-                "epoch": state.iteration // state.iters_per_epoch, "config": to_plain(cfg),
-                "classes": list(state.train_ds.classes), "palette": state.train_ds.palette,
-                "metrics": state.last_val}
+        meta = {"format_version": FORMAT_VERSION, "task": state.task.name, "model": state.model.state_dict(),
+                "iteration": state.iteration, "epoch": state.iteration // state.iters_per_epoch,
+                "config": to_plain(cfg), **state.task.checkpoint_meta(state.train_ds), "metrics": state.last_val}
         save_checkpoint(state.run_dir / "last.pt", {
             **meta, "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
-            "scaler": state.scaler.state_dict(), "best_miou": state.best_miou, "rng": rng_state(),
+            "scaler": state.scaler.state_dict(), state.task.best_key: state.best_score, "rng": rng_state(),
             "log_window": [state.window_loss, state.window_count]})
         if best:
             save_checkpoint(state.run_dir / "best.pt", meta)
@@ -349,23 +307,22 @@ def evaluate_and_save(state: RunState) -> None:
     """Score the validation split, log it, save the checkpoints and redraw ``curves.png`` (and, with
     TensorBoard, a few validation figures). The training clock stops meanwhile; the record's ``eval_sec`` is
     the scoring time, and the whole pause is what the ETA counts per evaluation still to come."""
-    cfg = state.cfg
+    task = state.task
     paused = time.perf_counter()
     state.window_seconds += paused - state.window_start
-    state.last_cm = evaluate(state.model, state.val_loader, num_classes=state.train_ds.num_classes,
-                             device=state.device, progress=not state.bar.disable, amp=cfg["amp"],
-                             channels_last=cfg["channels_last"])
+    state.last_eval = task.evaluate(state.model, state.val_loader, state.val_ds, state.cfg, state.device,
+                                    progress=not state.bar.disable)
     eval_sec = time.perf_counter() - paused
-    state.last_val = state.last_cm.summary(state.train_ds.classes)
-    improved = state.last_val["miou"] > state.best_miou
-    state.best_miou = max(state.best_miou, state.last_val["miou"])
+    state.last_val = state.last_eval.summary
+    score = state.last_val[task.metric]
+    improved = score > state.best_score
+    state.best_score = max(state.best_score, score)
     state.log.record({"type": "val", "iter": state.iteration, **state.last_val, "eval_sec": eval_sec})
-    state.log.print(f"eval at iter {state.iteration}: mIoU {100 * state.last_val['miou']:.2f}  pixel accuracy "
-                    f"{100 * state.last_val['pixel_accuracy']:.2f}  (best {100 * state.best_miou:.2f})  "
+    state.log.print(f"eval at iter {state.iteration}: {state.last_eval.line}  (best {100 * state.best_score:.2f})  "
                     f"eval {eval_sec:.1f}s")
     save(state, best=improved)
     if state.info.is_main:
-        plot_curves(state.log.path, state.run_dir / "curves.png")
+        plot_curves(state.log.path, state.run_dir / "curves.png", metric=task.curve)
         if state.log.board is not None:
             state.log.images("val", draw_validation(state), state.iteration)
     state.window_start = time.perf_counter()
@@ -374,36 +331,30 @@ def evaluate_and_save(state: RunState) -> None:
 
 
 def draw_validation(state: RunState) -> List[np.ndarray]:
-    """Figures (image | ground truth | prediction, captioned, with a legend) of the first ``num_vis`` validation
-    images; the model's train/eval mode is restored afterwards."""
-    model, dataset, figures = state.model, state.val_ds, []
+    """The task's figures of the first ``num_vis`` validation images; the model's train/eval mode is restored
+    afterwards."""
+    model = state.model
     was_training = model.training
     model.eval()
     try:
-        for i in range(min(state.cfg["num_vis"], len(dataset))):
-            image, mask = dataset.load(i)
-            x = normalize(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))))[None].to(state.device)
-            with torch.no_grad():
-                probs = predict_probs(model, x, amp=state.cfg["amp"], channels_last=state.cfg["channels_last"])
-            pred = probs.argmax(1)[0].cpu().numpy().astype(np.uint8)
-            figures.append(comparison(image, mask, pred, dataset.classes, dataset.palette))
+        with torch.no_grad():
+            return state.task.draw_validation(model, state.val_ds, state.cfg, state.device,
+                                              min(state.cfg["num_vis"], len(state.val_ds)))
     finally:
         model.train(was_training)
-    return figures
 
 
 def finish(state: RunState) -> Dict[str, Any]:
     """Print the per-class table, draw ``vis/val_<i>.png`` and return the final metrics and the run folder."""
+    task, last = state.task, state.last_val
     if state.info.is_main:
-        state.log.print(format_table(state.last_cm, state.train_ds.classes))
+        state.log.print(state.last_eval.table)
         for i, figure in enumerate(draw_validation(state)):
             save_png(state.run_dir / "vis" / f"val_{i:03d}.png", figure)
-    last = state.last_val
     state.log.print(f"done in {fmt_time(time.perf_counter() - state.started)} (training {fmt_time(state.train_seconds)}"
-                    f", evaluations and checkpoints {fmt_time(state.eval_seconds)}): final mIoU "
-                    f"{100 * last['miou']:.2f}, best {100 * state.best_miou:.2f}; run folder {state.run_dir}")
-    return {"run_dir": str(state.run_dir), "iteration": state.iteration, "miou": last["miou"],
-            "best_miou": state.best_miou, "pixel_accuracy": last["pixel_accuracy"], "iou": last["iou"]}
+                    f", evaluations and checkpoints {fmt_time(state.eval_seconds)}): final {task.metric_label} "
+                    f"{100 * last[task.metric]:.2f}, best {100 * state.best_score:.2f}; run folder {state.run_dir}")
+    return {"run_dir": str(state.run_dir), "iteration": state.iteration, **last, task.best_key: state.best_score}
 
 
 # -------------------------------------------------------------------------------------------------- loop
@@ -428,7 +379,7 @@ def _stopped_at_once(state: Optional[RunState]) -> str:
             f"--resume {state.run_dir}")
 
 
-def _batches(state: RunState, stop: StopOnSignal) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+def _batches(state: RunState, stop: StopOnSignal) -> Iterator[Tuple[Any, Any]]:
     """The loader's batches. A terminal's Ctrl-C also reaches loader workers that do not share our handler
     (a spawn or forkserver start) and ends them; the loader's error then means "stop", and the run is whole."""
     batches = iter(state.train_loader)
@@ -455,8 +406,8 @@ def _run(state: RunState) -> Dict[str, Any]:
         state.window_start = time.perf_counter()
         while not state.done:
             state.sampler.set_epoch(epoch, start=offset * cfg["batch_size"])
-            for images, masks in _batches(state, stop):
-                log_step(state, train_step(state, images, masks))
+            for inputs, targets in _batches(state, stop):
+                log_step(state, train_step(state, inputs, targets))
                 state.bar.update(1)
                 if state.iteration % state.eval_interval == 0 or state.done:
                     evaluate_and_save(state)
@@ -472,21 +423,23 @@ def _run(state: RunState) -> Dict[str, Any]:
         return finish(state)
 
 
-def train(config: Mapping[str, Any], *, checkpoint: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """Run training as ``config`` (``tools.train_seg``'s keys) says; returns the final metrics and the run folder.
+def train(config: Mapping[str, Any], task: Task, *, checkpoint: Optional[Mapping[str, Any]] = None
+          ) -> Dict[str, Any]:
+    """Run ``task``'s training as ``config`` (its program's keys) says; returns the final metrics and the run folder.
 
-    ``checkpoint`` (with ``config["resume"]``) continues a run; ``tools.train_seg.resolve_config`` prepares both.
+    ``checkpoint`` (with ``config["resume"]``) continues a run; :func:`tools.engine.launch.resolve_config`
+    prepares both.
 
     Raises:
         TrainingInterrupted: SIGINT or SIGTERM stopped the run (``last.pt`` saved at the current iteration), or
             a second one stopped it at once.
     """
     cfg = dict(config)
-    check_config(cfg)
+    check_config(cfg, task)
     info = dist_utils.init_distributed(cfg["device"])
     state: Optional[RunState] = None
     try:
-        state = setup(cfg, info, checkpoint)
+        state = setup(cfg, task, info, checkpoint)
         return _run(state)
     except KeyboardInterrupt:
         raise TrainingInterrupted(_stopped_at_once(state), signal.SIGINT, report=info.is_main) from None

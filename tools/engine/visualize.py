@@ -7,7 +7,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import cv2
 import numpy as np
@@ -174,17 +174,28 @@ def read_metrics(path: Union[str, os.PathLike]) -> List[Dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def curve_series(records: Sequence[Dict]) -> List[Tuple[str, List[float], List[float]]]:
-    """``(title, iterations, values)`` of each panel of ``curves.png``: training loss, learning rate, and
-    validation mIoU in percent (as the console prints it)."""
-    train = [r for r in records if r.get("type") == "train"]
+# The validation panel of curves.png from the records: (title, iterations, values in percent).
+CurveFn = Callable[[Sequence[Dict]], Tuple[str, List[int], List[float]]]
+
+
+def miou_curve(records: Sequence[Dict]) -> Tuple[str, List[int], List[float]]:
+    """Validation mIoU in percent, as the console prints it."""
     val = [r for r in records if r.get("type") == "val"]
+    return "validation mIoU (%)", [r["iter"] for r in val], [100 * r["miou"] for r in val]
+
+
+def curve_series(records: Sequence[Dict], metric: CurveFn = miou_curve
+                 ) -> List[Tuple[str, List[float], List[float]]]:
+    """``(title, iterations, values)`` of each panel of ``curves.png``: training loss, learning rate, and the
+    validation ``metric`` (by default mIoU in percent, as the console prints it)."""
+    train = [r for r in records if r.get("type") == "train"]
     return [("training loss", [r["iter"] for r in train], [r["loss"] for r in train]),
             ("learning rate", [r["iter"] for r in train], [r["lr"] for r in train]),
-            ("validation mIoU (%)", [r["iter"] for r in val], [100 * r["miou"] for r in val])]
+            metric(records)]
 
 
-def plot_curves(metrics_path: Union[str, os.PathLike], out_path: Union[str, os.PathLike]) -> None:
+def plot_curves(metrics_path: Union[str, os.PathLike], out_path: Union[str, os.PathLike], *,
+                metric: CurveFn = miou_curve) -> None:
     """Plot :func:`curve_series` of a ``metrics.jsonl`` against the iteration into one PNG."""
     import matplotlib
 
@@ -192,8 +203,8 @@ def plot_curves(metrics_path: Union[str, os.PathLike], out_path: Union[str, os.P
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, (title, xs, ys) in zip(axes, curve_series(read_metrics(metrics_path))):
-        ax.plot(xs, ys, marker="o" if "mIoU" in title else None)
+    for k, (ax, (title, xs, ys)) in enumerate(zip(axes, curve_series(read_metrics(metrics_path), metric))):
+        ax.plot(xs, ys, marker="o" if k == 2 else None)
         ax.set_title(title)
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)

@@ -272,7 +272,7 @@ def load_engine(source: Union[str, os.PathLike, nn.Module], *, engine: str = "to
         except RuntimeError as err:
             raise ValueError(f"cannot load TorchScript file {str(path)!r} ({_first_line(err)})") from None
         return TorchEngine(scripted, source=str(path))
-    from ..engine.model import model_from_checkpoint
+    from ..tasks import model_from_checkpoint
 
     model, checkpoint = model_from_checkpoint(path, device=device)
     engine_ = _from_module(model, source_name=str(path), engine=engine, precision=precision, threads=threads,
@@ -315,7 +315,7 @@ def load_for_inference(args: Mapping[str, Any], device: torch.device
     ``--channels-last`` apply to. Otherwise: an :class:`Engine`, checked against the checkpoint's classes.
     """
     from ..engine.checkpoint import load_checkpoint
-    from ..engine.model import model_from_checkpoint
+    from ..tasks import model_from_checkpoint
 
     model_file, engine, precision = args.get("model"), resolve_engine(args), args.get("precision")
     if engine == "torch" and model_file is None and precision in (None, "fp32"):

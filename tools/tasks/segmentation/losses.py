@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributed import world_size
+from ...engine.distributed import world_size
 
 __all__ = ["SegLoss"]
 

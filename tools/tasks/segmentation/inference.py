@@ -16,9 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .cli import add_list_argument
+from ...engine.cli import add_list_argument
 from .metrics import ConfusionMatrix
-from .precision import AMP_MODES, autocast
+from ...engine.precision import AMP_MODES, autocast
 
 __all__ = ["MODES", "add_inference_args", "inference_options", "slide_logits", "predict_probs", "evaluate"]
 

@@ -1,5 +1,4 @@
-"""Every way the programs get a model: a run's model from its config, a trained model from its checkpoint, and a
-model from a short name (``"resnet50"``, ``"resnet18+fpn"``).
+"""A segmentation run's model: its flags, and the model its config describes.
 
 The model options of a run are declared once, in :func:`add_model_args`; :data:`MODEL_KEYS` (the options a
 checkpoint must match to load) and :data:`MODEL_DEFAULTS` are read off that declaration.
@@ -8,21 +7,16 @@ checkpoint must match to load) and :data:`MODEL_DEFAULTS` are read off that decl
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
-import torch
 from torch import nn
 
-from backbones import build_backbone
 from backbones.norm import NORMS
 from heads import build_segmentor
 
-from .checkpoint import check_model_state, load_checkpoint
-from .config import yaml_mapping
+from ...engine.config import yaml_mapping
 
-__all__ = ["MODEL_KEYS", "MODEL_DEFAULTS", "add_model_args", "build_model", "build_named_model", "describe_model",
-           "model_from_checkpoint"]
+__all__ = ["MODEL_KEYS", "MODEL_DEFAULTS", "add_model_args", "build_model", "describe_model"]
 
 
 def add_model_args(parser: argparse.ArgumentParser) -> None:
@@ -75,39 +69,3 @@ def describe_model(config: Mapping[str, Any], num_classes: Optional[int] = None)
     classes = f"{num_classes} classes, " if num_classes is not None else ""
     return (f"{config.get('backbone')} + {config.get('head')} ({classes}output_stride "
             f"{config.get('output_stride', 32)}, norm {config.get('norm', 'bn')})")
-
-
-def model_from_checkpoint(path: Union[str, Path], *, device: Union[str, torch.device] = "cpu"
-                          ) -> Tuple[nn.Module, Dict[str, Any]]:
-    """The eval-mode model stored in training checkpoint ``path`` and the checkpoint (config, classes...).
-
-    Loads the file, checks that it names its classes, rebuilds the model from its config, checks the stored
-    weights against that model (a report of missing/unexpected/mis-shaped keys) and loads them.
-    """
-    checkpoint = load_checkpoint(path)
-    config = checkpoint["config"]
-    classes = list(checkpoint.get("classes") or [])
-    if not classes:
-        raise ValueError(f"checkpoint {str(path)!r} records no class names")
-    model = build_model(config, len(classes))
-    check_model_state(model, checkpoint["model"], where=f"{str(path)!r} ({describe_model(config, len(classes))})")
-    model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval(), checkpoint
-
-
-def build_named_model(name: str, *, output_stride: int = 32, num_classes: int = 19,
-                      out_strides: Optional[Sequence[int]] = None, **backbone_kwargs: Any) -> nn.Module:
-    """``"resnet50"`` -> the backbone; ``"resnet50+fpn"`` -> that backbone with the head, as a SegmentationModel.
-
-    ``out_strides`` (backbones only; default: the backbone's own) and ``backbone_kwargs`` (``norm``,
-    ``checkpoint_stages``...) go to the backbone builder; ``num_classes`` to the head. Random weights.
-    """
-    arch, plus, head = name.partition("+")
-    if not arch or (plus and not head):
-        raise ValueError(f"model name must be '<backbone>' or '<backbone>+<head>', got {name!r}")
-    if out_strides is not None:
-        backbone_kwargs["out_strides"] = tuple(out_strides)
-    if not head:
-        return build_backbone(arch, output_stride=output_stride, **backbone_kwargs)
-    return build_segmentor(head=head, backbone=arch, num_classes=num_classes, output_stride=output_stride,
-                           **backbone_kwargs)
