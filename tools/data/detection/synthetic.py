@@ -45,7 +45,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     freq, phase, theta = rng.uniform(8, 20), rng.uniform(0, 2 * np.pi), rng.uniform(0, np.pi)
     stripes = np.sin(2 * np.pi * freq * (np.cos(theta) * xx + np.sin(theta) * yy) + phase)
     img += rng.uniform(10, 30) * stripes[..., None]
-    img += rng.normal(0, rng.uniform(6, 14), img.shape).astype(np.float32)
+    img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(rng.uniform(6, 14))
     return img
 
 
@@ -125,7 +125,7 @@ def make_instances(seed: int, split: str, index: int, *, size: int = 128, max_ob
         owner = trial
         full_areas.append(int(inside.sum()))
         labels.append(label)
-    img += rng.normal(0, rng.uniform(2, 5), img.shape).astype(np.float32)
+    img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(rng.uniform(2, 5))
     image = np.clip(img, 0, 255).astype(np.uint8)
     masks = owner[None] == np.arange(len(labels), dtype=np.int16)[:, None, None]
     return image, masks, np.array(labels, np.int64)
