@@ -140,11 +140,16 @@ def _timm_levels(timm: Any, name: str, kwargs: Dict[str, Any]) -> List[Dict[str,
     ``module``), shallow to deep, from a model built on the meta device (no memory, no weights)."""
     meta_kwargs = {k: v for k, v in kwargs.items()
                    if k not in ("pretrained", "output_stride", "out_indices", "pretrained_cfg_overlay")}
-    try:
-        with torch.device("meta"):
-            probe = timm.create_model(name, features_only=True, pretrained=False, **meta_kwargs)
-    except (RuntimeError, AssertionError, NotImplementedError) as e:
-        raise ValueError(f"timm model {name!r} does not support features_only: {_first_line(e)}") from e
+    # timm's default out_indices of a ViT are its last three blocks, which a shallower one lacks: then the last.
+    for out_indices in ({}, {"out_indices": (-1,)}):
+        try:
+            with torch.device("meta"):
+                probe = timm.create_model(name, features_only=True, pretrained=False, **out_indices, **meta_kwargs)
+            break
+        except (RuntimeError, AssertionError, NotImplementedError) as e:
+            error = e
+    else:
+        raise ValueError(f"timm model {name!r} does not support features_only: {_first_line(error)}") from error
     # feature_info.info lists every level; reduction()/channels() only those of timm's default out_indices
     # (for a ViT, its last three blocks).
     return [dict(level) for level in probe.feature_info.info]

@@ -308,3 +308,44 @@ def test_missing_timm_weights_fail_at_once_naming_the_cache_path(hf_cache, tmp_p
 def test_named_source_errors(arch, source, match, hf_cache):
     with pytest.raises(ValueError, match=match):
         build_backbone(arch, pretrained=source)
+
+
+# --- input channels other than RGB ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("in_chans", [1, 2, 4, 7])
+def test_adapt_input_conv_equals_timm(in_chans):
+    from timm.models import adapt_input_conv as timm_adapt
+
+    from backbones.weights import adapt_input_conv
+
+    weight = torch.randn(64, 3, 7, 7)
+    ours = adapt_input_conv(weight, in_chans=in_chans)
+    assert ours.shape == (64, in_chans, 7, 7)
+    torch.testing.assert_close(ours, timm_adapt(in_chans, weight.clone()), rtol=0, atol=0)
+    half = adapt_input_conv(weight.half(), in_chans=in_chans)
+    assert half.dtype == torch.float16
+
+
+@pytest.mark.parametrize("in_chans", [1, 4])
+def test_pretrained_rgb_weights_load_into_other_input_channels(in_chans, tv_checkpoint, caplog):
+    from timm.models import adapt_input_conv as timm_adapt
+
+    tv, path = tv_checkpoint("resnet18")
+    with caplog.at_level("INFO", logger="backbones.weights"):
+        model = build_backbone("resnet18", in_chans=in_chans, pretrained=str(path)).eval()
+    torch.testing.assert_close(model.conv1.weight, timm_adapt(in_chans, tv.conv1.weight.detach().clone()))
+    rest = {k: v for k, v in tv.state_dict().items() if not k.startswith(("fc.", "conv1."))}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in rest.items())
+    lines = [r.getMessage() for r in caplog.records if "adapted" in r.getMessage()]
+    assert len(lines) == 1 and f"conv1.weight from 3 to {in_chans} input channels" in lines[0], lines
+    assert model(torch.randn(1, in_chans, 32, 32))[0].shape == (1, 128, 4, 4)
+
+
+def test_adapt_input_conv_errors():
+    from backbones.weights import adapt_input_conv
+
+    with pytest.raises(ValueError, match=r"in_chans must be a positive int, got 0"):
+        adapt_input_conv(torch.randn(8, 3, 3, 3), in_chans=0)
+    with pytest.raises(ValueError, match=r"\(O, C, kh, kw\).*\(8, 3\)"):
+        adapt_input_conv(torch.randn(8, 3), in_chans=1)

@@ -126,3 +126,77 @@ def test_timm_frozen_bn_converts_every_batchnorm():
 def test_wrapper_errors(name, kwargs, error, match):
     with pytest.raises(error, match=match):
         build_backbone(name, **kwargs)
+
+
+def test_timm_vit_returns_the_last_block_of_its_stride():
+    # Every block of a ViT is at stride 16; the map of stride 16 is the last block's, as out_indices=-1 gives.
+    import timm
+
+    bb = build_backbone("timm:vit_tiny_patch16_224", out_strides=(16,), depth=3).eval()
+    assert bb.feature_info.names == ["blocks.2"] and bb.feature_info.strides == [16]
+    reference = timm.create_model("vit_tiny_patch16_224", depth=3, dynamic_img_size=True).eval()
+    missing, unexpected = reference.load_state_dict(bb.model.model.state_dict(), strict=False)
+    assert not unexpected and all(k.startswith(("norm.", "head.")) for k in missing), missing
+    x = torch.randn(1, 3, 48, 80)
+    with torch.no_grad():
+        last, first = reference.forward_intermediates(x, indices=[2, 0], intermediates_only=True)[::-1]
+        ours = bb(x)[0]
+    assert ours.shape == (1, 192, 3, 5)
+    torch.testing.assert_close(ours, last)
+    assert not torch.allclose(ours, first)
+    check_backbone(bb, sizes=SIZES)  # odd sizes too: padded to a multiple of 16
+
+
+def test_timm_swin_gives_nchw_maps_for_any_size():
+    import timm
+
+    kwargs = dict(embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
+    bb = build_backbone("timm:swin_tiny_patch4_window7_224", out_strides=(4, 8, 16, 32), **kwargs).eval()
+    assert bb.feature_info.channels == [24, 48, 96, 192] and bb.feature_info.strides == [4, 8, 16, 32]
+    check_backbone(bb, sizes=SIZES)
+    reference = timm.create_model("swin_tiny_patch4_window7_224", features_only=True, dynamic_img_size=True,
+                                  **kwargs).eval()
+    reference.load_state_dict(bb.model.state_dict())
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        for a, b in zip(bb(x), reference(x)):  # timm's maps are (N, H, W, C)
+            torch.testing.assert_close(a, b.permute(0, 3, 1, 2))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"dynamic_img_size": False}, r"cannot be wrapped: running a 17x19 input fails.*needs dynamic_img_size=True"),
+    ({"output_stride": 8}, r"cannot give output_stride=8 for out_strides=\(16,\).*use output_stride=16"),
+    ({"out_strides": (8, 16)}, r"provides maps at strides \(16,\); out_strides \[8\]"),
+])
+def test_timm_vit_requests_it_cannot_satisfy_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_backbone("timm:vit_tiny_patch16_224", **{"out_strides": (16,), "depth": 1, **kwargs})
+
+
+def test_timm_in_chans_with_pretrained_weights_is_adapted_by_timm(tmp_path):
+    import timm
+
+    source = randomize_norms(timm.create_model("resnet18"))
+    path = save_state_dict(source.state_dict(), tmp_path / "r18.safetensors")
+    bb = build_backbone("timm:resnet18", in_chans=1, pretrained=str(path)).eval()
+    expected = timm.models.adapt_input_conv(1, source.conv1.weight.detach().clone())
+    torch.testing.assert_close(bb.model.conv1.weight, expected)
+    assert bb.in_chans == 1 and bb(torch.randn(1, 1, 32, 32))[0].shape == (1, 128, 4, 4)
+
+
+def test_torchvision_in_chans_with_pretrained_weights_is_adapted(tv_checkpoint, caplog):
+    import timm
+
+    tv, path = tv_checkpoint("resnet18")
+    with caplog.at_level("INFO", logger="backbones.weights"):
+        bb = build_backbone("torchvision:resnet18", in_chans=5, pretrained=str(path)).eval()
+    torch.testing.assert_close(bb.body.conv1.weight, timm.models.adapt_input_conv(5, tv.conv1.weight.detach().clone()))
+    assert sum("from 3 to 5 input channels" in r.getMessage() for r in caplog.records) == 1
+    check_backbone(bb, sizes=((1, 5, 37, 45),), check_grads=False)
+    assert build_backbone("torchvision:resnet18", in_chans=5).body.conv1.weight.shape[1] == 5  # no weights
+
+
+@pytest.mark.parametrize("name", ["timm:resnet18", "torchvision:resnet18"])
+def test_wrappers_refuse_in_chans_below_one(name):
+    with pytest.raises(ValueError, match=r"in_chans must be a positive int, got 0"):
+        build_backbone(name, in_chans=0)

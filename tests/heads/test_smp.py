@@ -136,3 +136,41 @@ def test_unfreeze_encoder_lasts_until_train_for_frozen_stages():
     finally:
         for name in names:
             smp_encoders.pop(name, None)
+
+
+@pytest.mark.parametrize("in_channels", [1, 4])
+def test_in_channels_with_imagenet_weights_adapt_like_timm(in_channels, hf_cache, tmp_path, tv_checkpoint, caplog):
+    from timm.models import adapt_input_conv
+
+    from tests.conftest import place_in_hf_cache
+
+    settings = smp_encoders["dense-resnet18"]["pretrained_settings"].get("imagenet")
+    tv, files = _smp_imagenet_files(tmp_path, tv_checkpoint)
+    place_in_hf_cache(hf_cache, settings["repo_id"], files, revision=settings["revision"])
+    with caplog.at_level("INFO", logger="heads.smp"):
+        model = smp.Unet("dense-resnet18", classes=2, in_channels=in_channels).eval()
+    bb = model.encoder.backbone
+    torch.testing.assert_close(bb.conv1.weight, adapt_input_conv(in_channels, tv.conv1.weight.detach().clone()))
+    assert torch.equal(bb.layer1[0].conv1.weight, tv.layer1[0].conv1.weight)
+    assert sum(f"from 3 to {in_channels} input channels" in r.getMessage() for r in caplog.records) == 1
+    with torch.no_grad():
+        assert model(torch.randn(1, in_channels, 64, 64)).shape == (1, 2, 64, 64)
+
+
+def test_in_channels_adapt_the_backbones_own_pretrained_weights(tv_checkpoint):
+    from timm.models import adapt_input_conv
+
+    tv, path = tv_checkpoint("resnet18")
+    names = register_smp_encoders(prefix="dense-tv-", names=["resnet18"], pretrained=str(path))
+    try:  # smp's own weights are off (encoder_weights=None); the backbone's pretrained= ones are adapted
+        model = smp.FPN("dense-tv-resnet18", encoder_weights=None, classes=2, in_channels=2)
+        expected = adapt_input_conv(2, tv.conv1.weight.detach().clone())
+        torch.testing.assert_close(model.encoder.backbone.conv1.weight, expected)
+        fresh = smp.FPN("dense-resnet18", encoder_weights=None, classes=2, in_channels=2)
+        assert fresh.encoder.backbone.conv1.weight.shape == (64, 2, 7, 7)
+        assert not torch.allclose(fresh.encoder.backbone.conv1.weight, expected)
+    finally:
+        for name in names:
+            smp_encoders.pop(name, None)
+    with pytest.raises(ValueError, match=r"in_channels must be a positive int, got 0"):
+        DenseEncoder(backbone="resnet18").set_in_channels(0)
