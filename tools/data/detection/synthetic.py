@@ -16,7 +16,7 @@ import numpy as np
 
 from .base import DetectionDataset, DetectionTransform, Target, empty_target
 
-__all__ = ["DETECTION_SHAPES", "SPLITS", "DEFAULT_SIZES", "SyntheticDetection", "make_instances"]
+__all__ = ["DETECTION_SHAPES", "SPLITS", "DEFAULT_SIZES", "SIZE_RANGE", "SyntheticDetection", "make_instances"]
 
 DETECTION_SHAPES = ("rectangle", "ellipse", "triangle", "cross")
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -26,7 +26,7 @@ PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48))
 # An object's extent is log-uniform in this fraction of the image side, so small, medium and large objects
 # (relative to the image) all occur. The lower end keeps the smallest object about two cells of a stride-8 map,
 # the finest level of the usual detector pyramids, at the default image size.
-_SIZE_RANGE = (0.12, 0.6)
+SIZE_RANGE = (0.12, 0.6)
 _MIN_VISIBLE = 0.6  # a placement that would hide more than 40% of an earlier object is drawn again
 _PLACEMENT_TRIES = 8
 _SUBPIXEL = 2  # OpenCV's fractional bits: vertices at 1/4 pixel, so small shapes keep their outline
@@ -83,8 +83,8 @@ def _draw_shape(rng: np.random.Generator, kind: str, cx: float, cy: float, exten
     return region.astype(bool)
 
 
-def make_instances(seed: int, split: str, index: int, *, size: int = 128, max_objects: int = 5
-                   ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+def make_instances(seed: int, split: str, index: int, *, size: int = 128, max_objects: int = 5,
+                   size_range: Tuple[float, float] = SIZE_RANGE) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image and its objects, a pure function of ``(seed, split, index)``.
 
     Returns:
@@ -99,7 +99,7 @@ def make_instances(seed: int, split: str, index: int, *, size: int = 128, max_ob
     owner = np.full((size, size), -1, np.int16)  # which object each pixel shows, -1 for background
     full_areas: List[int] = []
     labels: List[int] = []
-    lo, hi = np.log(_SIZE_RANGE[0] * size), np.log(_SIZE_RANGE[1] * size)
+    lo, hi = np.log(size_range[0] * size), np.log(size_range[1] * size)
     for _ in range(int(rng.integers(1, max_objects + 1))):
         label = int(rng.integers(1, len(DETECTION_SHAPES) + 1))
         for _ in range(_PLACEMENT_TRIES):
@@ -151,6 +151,7 @@ class SyntheticDetection(DetectionDataset):
         num_images: images in the split (default 512 for train, 64 otherwise).
         image_size: side of the square images.
         max_objects: each image holds 1 to ``max_objects`` objects.
+        size_range: an object's extent is log-uniform in this fraction of ``image_size``.
         seed: the data seed; the same seed gives the same images everywhere.
         keep_empty: accepted for the common builder signature; every synthetic image holds an object.
 
@@ -158,8 +159,8 @@ class SyntheticDetection(DetectionDataset):
     """
 
     def __init__(self, *, split: str = "train", num_images: Optional[int] = None, image_size: int = 128,
-                 max_objects: int = 5, seed: int = 0, transform: Optional[DetectionTransform] = None,
-                 keep_empty: bool = True) -> None:
+                 max_objects: int = 5, size_range: Tuple[float, float] = SIZE_RANGE, seed: int = 0,
+                 transform: Optional[DetectionTransform] = None, keep_empty: bool = True) -> None:
         super().__init__(classes=DETECTION_SHAPES, transform=transform, palette=PALETTE,
                          name=f"synthetic-det/{split}")
         del keep_empty
@@ -170,8 +171,13 @@ class SyntheticDetection(DetectionDataset):
                                 ("max_objects", max_objects, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"synthetic {key} must be an int >= {low}, got {value!r}")
+        lo, hi = size_range
+        if not 0 < lo <= hi <= 1 or lo * image_size < 4:
+            raise ValueError(f"synthetic size_range must be (min, max) fractions of the image side with "
+                             f"0 < min <= max <= 1 and min * image_size >= 4 pixels, got {tuple(size_range)}")
         self.split, self.num_images, self.size, self.max_objects, self.seed = (
             split, num_images, image_size, max_objects, seed)
+        self.size_range = (float(lo), float(hi))
 
     def __len__(self) -> int:
         return self.num_images
@@ -183,7 +189,8 @@ class SyntheticDetection(DetectionDataset):
     def load_instances(self, index: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(image (H, W, 3) uint8, masks (K, H, W) bool visible pixels, labels (K,) int64 1..C)``."""
         self._check(index)
-        return make_instances(self.seed, self.split, index, size=self.size, max_objects=self.max_objects)
+        return make_instances(self.seed, self.split, index, size=self.size, max_objects=self.max_objects,
+                              size_range=self.size_range)
 
     def load(self, index: int) -> Tuple[np.ndarray, Target]:
         image, masks, labels = self.load_instances(index)
@@ -203,8 +210,8 @@ class SyntheticDetection(DetectionDataset):
 def synthetic_detection(*, root: Union[str, None] = None, split: str = "train",
                         transform: Optional[DetectionTransform] = None, keep_empty: bool = True,
                         num_images: Optional[int] = None, image_size: int = 128, max_objects: int = 5,
-                        seed: int = 0) -> SyntheticDetection:
+                        size_range: Tuple[float, float] = SIZE_RANGE, seed: int = 0) -> SyntheticDetection:
     """The built-in shapes set (:class:`SyntheticDetection`); ``root`` is ignored: nothing is read from disk."""
     del root
     return SyntheticDetection(split=split, num_images=num_images, image_size=image_size, max_objects=max_objects,
-                              seed=seed, transform=transform, keep_empty=keep_empty)
+                              size_range=size_range, seed=seed, transform=transform, keep_empty=keep_empty)
