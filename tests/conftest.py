@@ -118,7 +118,7 @@ def isolated_backbones():
 # Modules that load ONNX Runtime / OpenVINO (or run the benchmark) into the test process carry the ``engines``
 # mark, and the README's test command runs them in a pytest process of their own: in one process with the
 # DataLoader-worker tests the process crashed with SIGSEGV, in either order.
-_ENGINE_MODULES = ("test_benchmark.py", "test_engines.py", "test_quantize.py", "test_export.py",
+_ENGINE_MODULES = ("test_benchmark.py", "test_runners.py", "test_quantize.py", "test_export.py",
                    "test_eval_predict.py")
 
 

@@ -32,7 +32,7 @@ from typing import List, Optional
 
 import torch
 
-from .bench.engines import ENGINES, check_engines
+from .bench.runtimes import RUNTIMES, check_runtimes
 from .bench.inference import run_inference
 from .bench.memory import reuse_freed_memory
 from .bench.peers import PEERS
@@ -56,7 +56,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     add_list_argument(p, "--precision", "--dtype", dest="precision", default=["fp32"], choices=PRECISIONS,
                       help="precisions of the engines' rows: fp32; bf16 (torch deploy, openvino); int8 (onnxruntime, "
                            "openvino); fp16 (torch on CUDA); eager and peers always run in fp32. --dtype: same")
-    add_list_argument(p, "--engines", default=["torch"], choices=ENGINES,
+    add_list_argument(p, "--engines", default=["torch"], choices=RUNTIMES,
                       help="what runs the model besides eager PyTorch: torch (deploy()), onnxruntime, openvino")
     p.add_argument("--output-stride", type=int, default=32, choices=(8, 16, 32))
     p.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -88,7 +88,7 @@ def run(argv: Optional[List[str]] = None) -> int:
     for v in args.train_variants:
         train_flags(v)
     if args.mode == "infer":
-        check_engines(args.engines)
+        check_runtimes(args.engines)
     if args.batch < 1 or args.reps < 1 or args.warmup < 0:
         raise ValueError(f"--batch and --reps must be >= 1 and --warmup >= 0, got {args.batch}, {args.reps}, "
                          f"{args.warmup}")

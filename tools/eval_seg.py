@@ -32,7 +32,7 @@ from .tasks.segmentation.inference import add_inference_args, evaluate, inferenc
 from .tasks.segmentation.metrics import format_table
 from .tasks.segmentation.model import describe_model
 from .engine.precision import check_amp
-from .runtime.engines import Engine, add_engine_args, inference_device, load_for_inference
+from .runtime.runners import Runner, add_runner_args, inference_device, load_for_inference
 
 __all__ = ["build_parser", "run", "main"]
 
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="unset: the run's validation split")
     p.add_argument("--data-kwargs", type=yaml_mapping, help="dataset options; unset: the run's")
     add_inference_args(p)
-    add_engine_args(p)
+    add_runner_args(p)
     p.add_argument("--batch-size", type=int, default=1, help="images of different sizes are padded (unscored)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--output", help="also write the results as JSON to this file")
@@ -82,7 +82,7 @@ def run(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                       progress=progress and info.is_main, **inference_options(args, config))
         results = cm.summary(classes)
         if info.is_main:
-            runner = f" as {model.source} on {model.kind} {model.precision}" if isinstance(model, Engine) else ""
+            runner = f" as {model.source} on {model.kind} {model.precision}" if isinstance(model, Runner) else ""
             print(f"{describe_model(config, len(classes))}{runner} on {dataset.name} ({len(dataset)} images), "
                   f"mode {args['mode']}, scales {args['scales']}, flip {args['flip']}")
             print(format_table(cm, classes))

@@ -17,7 +17,7 @@ failed export (error, or a verification beyond tolerance) leaves nothing behind.
 ONNX files have dynamic batch, height and width (``torch.onnx.export`` with ``dynamo=True``, opset 18 by
 default). OpenVINO IRs are converted from that ONNX file (``openvino.convert_model``), weights in fp32.
 ``--precision bf16`` is an OpenVINO compile hint (``INFERENCE_PRECISION_HINT``), not a weight format: the IR is
-the fp32 one with ``bf16`` recorded in its ``rt_info``, and ``--engine openvino`` (``load_engine``) compiles it
+the fp32 one with ``bf16`` recorded in its ``rt_info``, and ``--engine openvino`` (``load_runner``) compiles it
 with that hint; any fp32 ``.onnx`` or ``.xml`` runs in bf16 with ``--engine openvino --precision bf16`` too.
 ``--precision int8`` is post-training static quantization (QDQ: per-channel int8 weights, per-tensor uint8
 activations) calibrated on ``--calib-images`` images of the run's own training split
@@ -45,7 +45,7 @@ from backbones import deploy
 from .bench.profiling import parse_size
 from .engine.cli import add_list_argument, run_cli
 from .tasks import build_named_model, model_from_checkpoint
-from .runtime.engines import PRECISIONS, cpu_supports_bf16, load_engine
+from .runtime.runners import PRECISIONS, cpu_supports_bf16, load_runner
 from .runtime.export import Staging, add_onnx_metadata, export_onnx, export_openvino, export_torchscript
 from .runtime.quantize import QUANTIZERS, calibration_batches, quantize_onnx
 from .runtime.verify import agreement, as_list, verify
@@ -223,7 +223,7 @@ def _write(args: argparse.Namespace, model: nn.Module, entry: Path, stage: Stagi
 
 def _verify(args: argparse.Namespace, model: nn.Module, entry: Path, checks: List[Tuple[int, int]],
             calibration: Optional[List[torch.Tensor]]) -> bool:
-    engine = load_engine(entry, engine=ENGINE_OF_FORMAT[args.format], precision=args.precision)
+    engine = load_runner(entry, engine=ENGINE_OF_FORMAT[args.format], precision=args.precision)
     runner = as_list(engine)
     if args.precision == "int8":
         assert calibration is not None

@@ -35,7 +35,7 @@ from .engine.distributed import resolve_device, torchrun_env
 from .tasks.segmentation.inference import add_inference_args, inference_options, predict_probs
 from .engine.precision import check_amp
 from .engine.visualize import add_legend, overlay, save_png
-from .runtime.engines import add_engine_args, inference_device, load_for_inference
+from .runtime.runners import add_runner_args, inference_device, load_for_inference
 
 __all__ = ["build_parser", "run", "main"]
 
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-mask", action=argparse.BooleanOptionalAction, default=False,
                    help="also write <stem>_mask.png with the class indices")
     add_inference_args(p)
-    add_engine_args(p)
+    add_runner_args(p)
     return p
 
 

@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from tools.detection.evaluation import STAT_KEYS, CocoEvaluator, detections_to_coco, format_table
+from tools.tasks.detection.evaluation import STAT_KEYS, CocoEvaluator, detections_to_coco, format_table
 
 # Gapped category ids (as in COCO's own file); "cross" has no ground truth anywhere but is still detected.
 CATEGORIES = [(1, "circle"), (3, "square"), (7, "triangle"), (10, "cross")]

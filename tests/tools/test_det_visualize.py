@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tools.detection.visualize import class_colours, detection_comparison, draw_detections
+from tools.tasks.detection.visualize import class_colours, detection_comparison, draw_detections
 from tools.engine.visualize import MIN_PANEL, make_palette
 
 CLASSES = ["circle", "square", "triangle"]

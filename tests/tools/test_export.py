@@ -14,7 +14,7 @@ from tools.data.synthetic import SHAPE_CLASSES
 from tools.engine.checkpoint import save_checkpoint
 from tools.tasks.segmentation.model import build_model
 from tools.export import main
-from tools.runtime.engines import load_engine, openvino_is_quantized
+from tools.runtime.runners import load_runner, openvino_is_quantized
 from tools.runtime.export import export_onnx
 from tools.runtime.verify import as_list, verify
 
@@ -48,7 +48,7 @@ def test_onnx_round_trip_at_two_sizes(kind, deployed, tmp_path, randomize):
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     assert all(d.dim_param for d in (dims[0], dims[2], dims[3])), "batch, height and width must be dynamic"
     # Compared with the *original* eager model, so a deployed export also checks the folding.
-    for shape, err in verify(model, as_list(load_engine(path, engine="onnxruntime")), CHECK_SHAPES):
+    for shape, err in verify(model, as_list(load_runner(path, engine="onnxruntime")), CHECK_SHAPES):
         assert err < 1e-4, (shape, err)
 
 
@@ -98,7 +98,7 @@ def test_export_command_from_checkpoint(tmp_path, randomize, capsys):
     written = tmp_path / "best.deploy.ts"
     scripted = torch.jit.load(str(written))
     assert not any("BatchNorm" in m.original_name for m in scripted.modules())
-    run = as_list(load_engine(written))
+    run = as_list(load_runner(written))
     assert all(err < 1e-4 for _, err in verify(model.eval(), run, [(1, 3, 80, 72)]))
 
 
@@ -139,7 +139,7 @@ def test_onnx_export_lands_beside_the_checkpoint_and_records_the_classes(run_dir
     assert "FAIL" not in capsys.readouterr().out
     assert ckpt.read_bytes() == before
     assert _listing(run_dir) == ["best.onnx", "best.pt"]  # no staging folder left behind
-    run = load_engine(run_dir / "best.onnx", engine="onnxruntime")
+    run = load_runner(run_dir / "best.onnx", engine="onnxruntime")
     assert run.metadata["classes"] == list(SHAPE_CLASSES) and run.metadata["precision"] == "fp32"
 
 
@@ -155,7 +155,7 @@ def test_openvino_int8_export_is_quantized_and_follows_fp32(run_dir, capsys):
     assert ckpt.read_bytes() == before
     assert _listing(run_dir) == ["best.int8.bin", "best.int8.xml", "best.pt"]
     assert openvino_is_quantized(ov.Core().read_model(str(run_dir / "best.int8.xml")))
-    run = load_engine(run_dir / "best.int8.xml", engine="openvino")
+    run = load_runner(run_dir / "best.int8.xml", engine="openvino")
     assert run.precision == "int8" and run.metadata["calibration_images"] == 3
     assert run.metadata["classes"] == list(SHAPE_CLASSES)
 

@@ -104,11 +104,11 @@ def test_quantizers_write_per_channel_qdq_and_keep_named_layers(fp32_file, tmp_p
         assert scale.size == 8, "weights are quantized per output channel"
         assert numpy_helper.to_array(inits[q]).dtype.itemsize == 1 or method == "nncf"
     x = torch.randn(1, 3, 32, 48)
-    from tools.runtime.engines import load_engine
+    from tools.runtime.runners import load_runner
 
     with torch.no_grad():
         ref = model(x)
-    got = load_engine(out, engine="onnxruntime")(x)
+    got = load_runner(out, engine="onnxruntime")(x)
     assert torch.corrcoef(torch.stack([got.flatten(), ref.flatten()]))[0, 1] > 0.95
     with pytest.raises(ValueError, match="not Conv nodes"):
         quantize_onnx(path, tmp_path / "bad.onnx", calibration, method=method, keep_fp32=["nope"])

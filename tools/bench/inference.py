@@ -10,7 +10,7 @@ import torch
 from backbones import deploy
 from backbones.winograd import release_workspace
 
-from .engines import engine_candidates
+from .runtimes import runtime_candidates
 from .models import build, check_size
 from .peak import gemm_precision, peak_gemms, peak_rates
 from .peers import PEERS, PeerUnavailable, build_peer, same_output
@@ -27,7 +27,7 @@ def run_inference(spec: str, *, size: Tuple[int, int], batch: int, precisions: S
 
     ``engines``: ``"torch"`` adds a ``deploy()`` copy per precision (fp32, bf16, fp16 on CUDA); ``"onnxruntime"``
     and ``"openvino"`` run the model exported to ONNX (fp32, bf16 on OpenVINO, int8 quantized once; see
-    :mod:`tools.bench.engines`). ``ablation`` adds fp32 deploy variants without packed weights, without
+    :mod:`tools.bench.runtimes`). ``ablation`` adds fp32 deploy variants without packed weights, without
     channels_last, without Winograd (``winograd=False``) and without ReLU/addition fusion (``fuse=False``), to
     show what each step of :func:`backbones.deploy` contributes. ``compile`` adds, per torch precision,
     ``torch.compile`` (Inductor, with freezing) of the deployed model on plain convolutions (``pack_weights=False``:
@@ -71,7 +71,7 @@ def run_inference(spec: str, *, size: Tuple[int, int], batch: int, precisions: S
             candidates[label] = lambda variant=variant: variant(x)
             comparable[label] = variant
     if device.type == "cpu":
-        for label, run in engine_candidates(model, engines=engines, precisions=precisions,
+        for label, run in runtime_candidates(model, engines=engines, precisions=precisions,
                                             threads=torch.get_num_threads(), notes=notes).items():
             candidates[label] = lambda run=run: run(x)
             if label.endswith(" fp32"):

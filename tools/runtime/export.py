@@ -17,7 +17,7 @@ from torch import nn
 
 from .extras import require
 
-__all__ = ["METADATA_KEY", "output_names", "first_conv_channels", "export_onnx", "export_for_engine",
+__all__ = ["METADATA_KEY", "output_names", "first_conv_channels", "export_onnx", "export_for_runtime",
            "export_openvino", "export_torchscript", "add_onnx_metadata", "Staging"]
 
 # Prefix of what an export records in the file (ONNX metadata_props, OpenVINO rt_info): classes, precision...
@@ -59,7 +59,7 @@ def first_conv_channels(model: nn.Module) -> Optional[int]:
     return next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), None)
 
 
-def export_for_engine(model: nn.Module, path: str) -> None:
+def export_for_runtime(model: nn.Module, path: str) -> None:
     """Write ``model`` as ONNX for an engine of this process to run: from the CPU in eval mode (a CPU copy when
     its weights are elsewhere, so the caller's model stays put), dynamic batch, height and width >= 32."""
     if any(p.device.type != "cpu" for p in model.parameters()):

@@ -1,4 +1,4 @@
-"""Comparing an exported model, run by its engine (:func:`tools.runtime.engines.load_engine`), with the PyTorch
+"""Comparing an exported model, run by its engine (:func:`tools.runtime.runners.load_runner`), with the PyTorch
 model it came from."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 evaluation loop that scores a model on a loader.
 
 A model is any callable from a normalized float32 ``(N, 3, H, W)`` batch to logits ``(N, K, H, W)``: an
-``nn.Module``, or an engine of :func:`tools.runtime.engines.load_engine` (ONNX Runtime, OpenVINO), so an exported
+``nn.Module``, or an engine of :func:`tools.runtime.runners.load_runner` (ONNX Runtime, OpenVINO), so an exported
 file is scored by exactly the code that scores the checkpoint. ``amp`` and ``channels_last`` apply to modules.
 """
 

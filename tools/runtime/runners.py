@@ -1,6 +1,6 @@
 """One interface over every way to run a trained model: PyTorch, ONNX Runtime and OpenVINO.
 
-``load_engine(source, engine=..., precision=...)`` returns an :class:`Engine`: a callable that maps a float32
+``load_runner(source, engine=..., precision=...)`` returns an :class:`Runner`: a callable that maps a float32
 NCHW batch to the model's logits ``(N, K, H, W)`` (or to a backbone's list of feature maps), whatever the
 source is: a training checkpoint, an ``nn.Module`` (a ``deploy()``-ed copy included), a TorchScript file
 (``.ts``), an ONNX file (``.onnx``, run by ONNX Runtime or OpenVINO) or an OpenVINO IR (``.xml`` + ``.bin``).
@@ -28,14 +28,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .export import METADATA_KEY, export_for_engine, first_conv_channels, output_names
+from .export import METADATA_KEY, export_for_runtime, first_conv_channels, output_names
 from .extras import require
 
-__all__ = ["ENGINES", "PRECISIONS", "Engine", "TorchEngine", "OnnxRuntimeEngine", "OpenVinoEngine", "load_engine",
-           "add_engine_args", "resolve_engine", "inference_device", "load_for_inference", "cpu_supports_bf16",
+__all__ = ["RUNTIMES", "PRECISIONS", "Runner", "TorchRunner", "OnnxRuntimeRunner", "OpenVinoRunner", "load_runner",
+           "add_runner_args", "resolve_runtime", "inference_device", "load_for_inference", "cpu_supports_bf16",
            "onnx_is_quantized", "openvino_is_quantized"]
 
-ENGINES = ("torch", "onnxruntime", "openvino")
+RUNTIMES = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16", "int8")
 
 # ONNX operators that only a quantized graph holds.
@@ -59,7 +59,7 @@ def _check_bf16_cpu(engine: str, what: str) -> None:
                          f"so {engine} would emulate it slowly or not at all; use --precision fp32 or int8")
 
 
-class Engine:
+class Runner:
     """A model behind one calling convention: ``engine(images)`` -> logits ``(N, K, H, W)`` or feature list.
 
     ``images`` is a float32 ``(N, C, H, W)`` tensor (normalized as in training); outputs are float32 CPU tensors
@@ -113,7 +113,7 @@ class Engine:
         return f"{type(self).__name__}({self.source}, precision={self.precision})"
 
 
-class TorchEngine(Engine):
+class TorchRunner(Runner):
     """A PyTorch module (eval mode) or a TorchScript model; bf16 is a ``deploy(dtype=torch.bfloat16)`` copy."""
 
     kind = "torch"
@@ -133,7 +133,7 @@ class TorchEngine(Engine):
         return [o.float() for o in outs]
 
 
-class OnnxRuntimeEngine(Engine):
+class OnnxRuntimeRunner(Runner):
     """An ONNX file run by ONNX Runtime's CPU provider (fp32, or int8 when the file is quantized)."""
 
     kind = "onnxruntime"
@@ -168,7 +168,7 @@ class OnnxRuntimeEngine(Engine):
         return [torch.from_numpy(o) for o in self.session.run(None, {self.input_name: x})]
 
 
-class OpenVinoEngine(Engine):
+class OpenVinoRunner(Runner):
     """An OpenVINO IR (``.xml``) or ONNX file compiled for OpenVINO's CPU plugin with an explicit precision."""
 
     kind = "openvino"
@@ -212,10 +212,10 @@ class OpenVinoEngine(Engine):
         return [torch.from_numpy(np.asarray(result[o])) for o in self.compiled.outputs]
 
 
-def load_engine(source: Union[str, os.PathLike, nn.Module], *, engine: str = "torch",
+def load_runner(source: Union[str, os.PathLike, nn.Module], *, engine: str = "torch",
                 precision: Optional[str] = None, threads: Optional[int] = None, deploy: bool = False,
                 device: Union[str, torch.device] = "cpu",
-                calibration: Optional[Iterable[torch.Tensor]] = None) -> Engine:
+                calibration: Optional[Iterable[torch.Tensor]] = None) -> Runner:
     """Load ``source`` for ``engine`` at ``precision``.
 
     Args:
@@ -231,15 +231,15 @@ def load_engine(source: Union[str, os.PathLike, nn.Module], *, engine: str = "to
         calibration: float32 ``(N, C, H, W)`` batches to quantize a module or checkpoint for ``int8``.
 
     Returns:
-        an :class:`Engine`; ``engine(images)`` gives float32 logits ``(N, K, H, W)`` (a list for a backbone).
+        an :class:`Runner`; ``engine(images)`` gives float32 logits ``(N, K, H, W)`` (a list for a backbone).
 
     Example::
 
-        run = load_engine("runs/r18/best.int8.onnx", engine="openvino")
+        run = load_runner("runs/r18/best.int8.onnx", engine="openvino")
         logits = run(torch.randn(1, 3, 512, 512))   # (1, K, 512, 512)
     """
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine not in RUNTIMES:
+        raise ValueError(f"engine must be one of {', '.join(RUNTIMES)}, got {engine!r}")
     if precision is not None and precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if threads is not None and threads < 1:
@@ -254,12 +254,12 @@ def load_engine(source: Union[str, os.PathLike, nn.Module], *, engine: str = "to
     if suffix == ".onnx":
         if engine == "torch":
             raise ValueError(f"{str(path)!r} is an ONNX file: run it with --engine onnxruntime or openvino")
-        cls = OnnxRuntimeEngine if engine == "onnxruntime" else OpenVinoEngine
+        cls = OnnxRuntimeRunner if engine == "onnxruntime" else OpenVinoRunner
         return cls(path, precision=precision, threads=threads)
     if suffix == ".xml":
         if engine != "openvino":
             raise ValueError(f"{str(path)!r} is an OpenVINO IR: run it with --engine openvino")
-        return OpenVinoEngine(path, precision=precision, threads=threads)
+        return OpenVinoRunner(path, precision=precision, threads=threads)
     if suffix == ".ts":
         if engine != "torch":
             raise ValueError(f"{str(path)!r} is a TorchScript file: run it with --engine torch")
@@ -271,7 +271,7 @@ def load_engine(source: Union[str, os.PathLike, nn.Module], *, engine: str = "to
                 scripted = torch.jit.load(str(path), map_location=device)
         except RuntimeError as err:
             raise ValueError(f"cannot load TorchScript file {str(path)!r} ({_first_line(err)})") from None
-        return TorchEngine(scripted, source=str(path))
+        return TorchRunner(scripted, source=str(path))
     from ..tasks import model_from_checkpoint
 
     model, checkpoint = model_from_checkpoint(path, device=device)
@@ -285,10 +285,10 @@ def load_engine(source: Union[str, os.PathLike, nn.Module], *, engine: str = "to
 _DEFAULT_ENGINE = {".onnx": "onnxruntime", ".xml": "openvino"}
 
 
-def add_engine_args(p: argparse.ArgumentParser) -> None:
+def add_runner_args(p: argparse.ArgumentParser) -> None:
     """The ``--engine``, ``--model`` and ``--precision`` flags of ``tools.eval_seg`` and ``tools.predict``."""
     g = p.add_argument_group("engine")
-    g.add_argument("--engine", choices=ENGINES, default=None,
+    g.add_argument("--engine", choices=RUNTIMES, default=None,
                    help="what runs the model; unset: onnxruntime for .onnx, openvino for .xml, else torch")
     g.add_argument("--model", default=None, help="an exported file to run (.onnx, .xml, .ts) instead of the "
                                                  "checkpoint's weights; the checkpoint still gives classes and data")
@@ -296,7 +296,7 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
                    help="unset: what the file holds (fp32 for a checkpoint); bf16: openvino, or torch via deploy()")
 
 
-def resolve_engine(args: Mapping[str, Any]) -> str:
+def resolve_runtime(args: Mapping[str, Any]) -> str:
     """``--engine``, or when unset the engine that runs the ``--model`` file (torch without one)."""
     model_file = args.get("model")
     return args.get("engine") or _DEFAULT_ENGINE.get(Path(model_file).suffix.lower() if model_file else "", "torch")
@@ -304,7 +304,7 @@ def resolve_engine(args: Mapping[str, Any]) -> str:
 
 def inference_device(args: Mapping[str, Any]) -> str:
     """The ``--device`` to run on: as given for torch; ``--device auto`` means the CPU for the other engines."""
-    return "cpu" if args.get("device", "auto") == "auto" and resolve_engine(args) != "torch" else args["device"]
+    return "cpu" if args.get("device", "auto") == "auto" and resolve_runtime(args) != "torch" else args["device"]
 
 
 def load_for_inference(args: Mapping[str, Any], device: torch.device
@@ -312,12 +312,12 @@ def load_for_inference(args: Mapping[str, Any], device: torch.device
     """The model ``tools.eval_seg``/``tools.predict`` run, and the checkpoint (config, classes...).
 
     Without ``--model``/``--precision`` on torch: the checkpoint's eval-mode module, which ``--amp`` and
-    ``--channels-last`` apply to. Otherwise: an :class:`Engine`, checked against the checkpoint's classes.
+    ``--channels-last`` apply to. Otherwise: an :class:`Runner`, checked against the checkpoint's classes.
     """
     from ..engine.checkpoint import load_checkpoint
     from ..tasks import model_from_checkpoint
 
-    model_file, engine, precision = args.get("model"), resolve_engine(args), args.get("precision")
+    model_file, engine, precision = args.get("model"), resolve_runtime(args), args.get("precision")
     if engine == "torch" and model_file is None and precision in (None, "fp32"):
         return model_from_checkpoint(args["checkpoint"], device=device)
     if args.get("amp", "none") != "none" or args.get("channels_last"):
@@ -335,7 +335,7 @@ def load_for_inference(args: Mapping[str, Any], device: torch.device
         from .quantize import calibration_batches
 
         calibration = calibration_batches(checkpoint)
-    loaded = load_engine(model_file or args["checkpoint"], engine=engine, precision=precision, device=device,
+    loaded = load_runner(model_file or args["checkpoint"], engine=engine, precision=precision, device=device,
                          calibration=calibration)
     loaded.check_compatible(classes=classes, reference=f"checkpoint {args['checkpoint']!r}")
     return loaded, checkpoint
@@ -343,7 +343,7 @@ def load_for_inference(args: Mapping[str, Any], device: torch.device
 
 def _from_module(model: nn.Module, *, source_name: str, engine: str, precision: Optional[str],
                  threads: Optional[int], deploy: bool, device: Union[str, torch.device],
-                 calibration: Optional[Iterable[torch.Tensor]]) -> Engine:
+                 calibration: Optional[Iterable[torch.Tensor]]) -> Runner:
     from backbones import deploy as deploy_model
 
     precision = precision or "fp32"
@@ -354,21 +354,21 @@ def _from_module(model: nn.Module, *, source_name: str, engine: str, precision: 
         if precision == "bf16":
             if torch.device(device).type == "cpu":
                 _check_bf16_cpu("torch", source_name)
-            return TorchEngine(deploy_model(model, dtype=torch.bfloat16), source=source_name, precision="bf16")
-        return TorchEngine(deploy_model(model) if deploy else model.eval(), source=source_name)
+            return TorchRunner(deploy_model(model, dtype=torch.bfloat16), source=source_name, precision="bf16")
+        return TorchRunner(deploy_model(model) if deploy else model.eval(), source=source_name)
     from .quantize import quantize_onnx
 
     if precision == "int8" and calibration is None:
         raise ValueError(f"precision int8 for {source_name} needs calibration batches to quantize it")
     with tempfile.TemporaryDirectory(prefix="dense-engine-") as tmp:
         path = Path(tmp) / "model.onnx"
-        export_for_engine(model, str(path))
+        export_for_runtime(model, str(path))
         if precision == "int8":
             quantized = Path(tmp) / "model.int8.onnx"
             quantize_onnx(path, quantized, calibration)
             path = quantized
         # Both engines read the whole file into memory, so the folder can go once they are built.
-        cls = OnnxRuntimeEngine if engine == "onnxruntime" else OpenVinoEngine
+        cls = OnnxRuntimeRunner if engine == "onnxruntime" else OpenVinoRunner
         built = cls(path, precision=precision, threads=threads)
     built.source = source_name
     return built

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from tools.engine.cli import MissingExtra
-from tools.runtime import engines
-from tools.runtime.engines import load_engine, onnx_is_quantized, openvino_is_quantized
+from tools.runtime import runners
+from tools.runtime.runners import load_runner, onnx_is_quantized, openvino_is_quantized
 from tools.runtime.export import add_onnx_metadata, export_onnx, export_openvino
 
 from tests.tools.fixtures import single_thread  # noqa: F401
@@ -72,7 +72,7 @@ def _rel_err(out, ref):
 @pytest.mark.parametrize("engine, which", [("onnxruntime", "onnx"), ("openvino", "onnx"), ("openvino", "xml")])
 def test_fp32_engines_equal_torch_at_any_size(files, engine, which):
     model, onnx_path, xml_path = files
-    run = load_engine(onnx_path if which == "onnx" else xml_path, engine=engine)
+    run = load_runner(onnx_path if which == "onnx" else xml_path, engine=engine)
     assert (run.kind, run.precision, run.output_channels, run.input_channels) == (engine, "fp32", 4, 3)
     assert run.metadata["classes"] == CLASSES
     run.check_compatible(classes=CLASSES)
@@ -93,13 +93,13 @@ def test_feature_lists_and_torch_engines(tmp_path):
         ref = model(x)
     onnx_path = tmp_path / "features.onnx"
     export_onnx(model, str(onnx_path), example=torch.randn(2, 3, 72, 72), min_size=16)
-    for run in (load_engine(onnx_path, engine="onnxruntime"), load_engine(onnx_path, engine="openvino"),
-                load_engine(model), load_engine(model, deploy=True)):
+    for run in (load_runner(onnx_path, engine="onnxruntime"), load_runner(onnx_path, engine="openvino"),
+                load_runner(model), load_runner(model, deploy=True)):
         outs = run(x)
         assert isinstance(outs, list) and len(outs) == 2, run
         assert all(o.shape == r.shape and _rel_err(o, r) < 1e-4 for o, r in zip(outs, ref)), run
     with pytest.raises(ValueError, match="2 outputs.*backbone"):
-        load_engine(onnx_path, engine="onnxruntime").check_compatible(classes=CLASSES)
+        load_runner(onnx_path, engine="onnxruntime").check_compatible(classes=CLASSES)
 
 
 def test_int8_from_a_module_is_quantized_and_follows_fp32():
@@ -107,7 +107,7 @@ def test_int8_from_a_module_is_quantized_and_follows_fp32():
     model = Tiny().eval()
     calibration = [torch.randn(1, 3, 48, 48) for _ in range(4)]
     for engine in ("onnxruntime", "openvino"):
-        run = load_engine(model, engine=engine, precision="int8", calibration=calibration)
+        run = load_runner(model, engine=engine, precision="int8", calibration=calibration)
         assert run.precision == "int8"
         x = torch.randn(2, 3, 48, 64)
         with torch.no_grad():
@@ -115,9 +115,9 @@ def test_int8_from_a_module_is_quantized_and_follows_fp32():
         r = torch.corrcoef(torch.stack([run(x).flatten(), ref.flatten()]))[0, 1]
         assert r > 0.95, (engine, float(r))
     with pytest.raises(ValueError, match="calibration"):
-        load_engine(model, engine="onnxruntime", precision="int8")
+        load_runner(model, engine="onnxruntime", precision="int8")
     with pytest.raises(ValueError, match="int8 runs on onnxruntime or openvino"):
-        load_engine(model, precision="int8")
+        load_runner(model, precision="int8")
 
 
 def test_quantized_files_are_detected(files, tmp_path):
@@ -132,21 +132,21 @@ def test_quantized_files_are_detected(files, tmp_path):
     export_openvino(str(int8), str(xml), metadata={})
     assert openvino_is_quantized(ov.Core().read_model(str(xml)))
     # precision=None takes what the file holds; an explicit precision must agree with it.
-    assert load_engine(int8, engine="onnxruntime").precision == "int8"
-    assert load_engine(xml, engine="openvino").precision == "int8"
+    assert load_runner(int8, engine="onnxruntime").precision == "int8"
+    assert load_runner(xml, engine="openvino").precision == "int8"
     with pytest.raises(ValueError, match="tiny.int8.onnx.*quantized to int8"):
-        load_engine(int8, engine="onnxruntime", precision="fp32")
+        load_runner(int8, engine="onnxruntime", precision="fp32")
     with pytest.raises(ValueError, match="tiny.onnx.*not quantized.*--precision int8"):
-        load_engine(onnx_path, engine="openvino", precision="int8")
+        load_runner(onnx_path, engine="openvino", precision="int8")
 
 
-@pytest.mark.skipif(not engines.cpu_supports_bf16("openvino"), reason="this CPU has no native bf16")
+@pytest.mark.skipif(not runners.cpu_supports_bf16("openvino"), reason="this CPU has no native bf16")
 def test_bf16_follows_fp32(files):
     model, onnx_path, xml_path = files
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         ref = model(x)
-    for run in (load_engine(xml_path, engine="openvino", precision="bf16"), load_engine(model, precision="bf16")):
+    for run in (load_runner(xml_path, engine="openvino", precision="bf16"), load_runner(model, precision="bf16")):
         assert run.precision == "bf16"
         out = run(x)
         assert out.dtype == torch.float32 and 0 < _rel_err(out, ref) < 5e-2, run
@@ -155,42 +155,42 @@ def test_bf16_follows_fp32(files):
 def test_openvino_fp32_is_not_silently_bf16(files):
     # OpenVINO's default on a bf16-capable CPU is bf16; the engine must ask for f32 explicitly.
     _, _, xml_path = files
-    run = load_engine(xml_path, engine="openvino")
+    run = load_runner(xml_path, engine="openvino")
     assert str(run.compiled.get_property("INFERENCE_PRECISION_HINT")) in ("<Type: 'float32'>", "f32")
 
 
 def test_bad_inputs_name_the_file(files, tmp_path, monkeypatch):
     _, onnx_path, xml_path = files
     with pytest.raises(ValueError, match="engine must be one of"):
-        load_engine(onnx_path, engine="tensorrt")
+        load_runner(onnx_path, engine="tensorrt")
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
-        load_engine(tmp_path / "missing.onnx", engine="onnxruntime")
+        load_runner(tmp_path / "missing.onnx", engine="onnxruntime")
     with pytest.raises(ValueError, match="ONNX file: run it with --engine onnxruntime or openvino"):
-        load_engine(onnx_path)
+        load_runner(onnx_path)
     with pytest.raises(ValueError, match="OpenVINO IR: run it with --engine openvino"):
-        load_engine(xml_path, engine="onnxruntime")
+        load_runner(xml_path, engine="onnxruntime")
     with pytest.raises(ValueError, match="ONNX Runtime has no bf16 CPU kernels"):
-        load_engine(onnx_path, engine="onnxruntime", precision="bf16")
+        load_runner(onnx_path, engine="onnxruntime", precision="bf16")
     corrupt = tmp_path / "corrupt.onnx"
     corrupt.write_bytes(onnx_path.read_bytes()[:5000])
     for engine in ("onnxruntime", "openvino"):
         with pytest.raises(ValueError, match=r"cannot (load|read) .*corrupt\.onnx") as info:
-            load_engine(corrupt, engine=engine)
+            load_runner(corrupt, engine=engine)
         assert "\n" not in str(info.value)
     lonely = tmp_path / "lonely.xml"  # an IR without its .bin
     lonely.write_bytes(xml_path.read_bytes())
     with pytest.raises(ValueError, match=r"lonely\.xml.*\.bin"):
-        load_engine(lonely, engine="openvino")
-    run = load_engine(onnx_path, engine="onnxruntime")
+        load_runner(lonely, engine="openvino")
+    run = load_runner(onnx_path, engine="onnxruntime")
     with pytest.raises(ValueError, match="tiny.onnx predicts 4 classes but the checkpoint has 5"):
         run.check_compatible(classes=CLASSES + ["d"])
     with pytest.raises(ValueError, match="tiny.onnx was exported for classes"):
         run.check_compatible(classes=["w", "x", "y", "z"])
     with pytest.raises(ValueError, match="tiny.onnx takes 3-channel inputs but the checkpoint feeds 4-channel"):
         run.check_compatible(classes=CLASSES, in_channels=4)
-    monkeypatch.setattr(engines, "cpu_supports_bf16", lambda engine="torch": False)
+    monkeypatch.setattr(runners, "cpu_supports_bf16", lambda engine="torch": False)
     with pytest.raises(ValueError, match="tiny.xml.*no native bf16.*--precision fp32 or int8"):
-        load_engine(xml_path, engine="openvino", precision="bf16")
+        load_runner(xml_path, engine="openvino", precision="bf16")
 
 
 @pytest.mark.parametrize("package, engine", [("onnxruntime", "onnxruntime"), ("openvino", "openvino")])
@@ -198,5 +198,5 @@ def test_a_missing_engine_package_names_the_extra(files, monkeypatch, package, e
     _, onnx_path, _ = files
     monkeypatch.setitem(sys.modules, package, None)  # what an uninstalled package looks like to import
     with pytest.raises(MissingExtra, match=rf"needs the {package} package.*pip install -e \"\.\[deploy\]\"") as info:
-        load_engine(onnx_path, engine=engine)
+        load_runner(onnx_path, engine=engine)
     assert "\n" not in str(info.value)

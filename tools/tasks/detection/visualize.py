@@ -9,7 +9,7 @@ from typing import Any, Mapping, Optional, Sequence
 import cv2
 import numpy as np
 
-from tools.engine.visualize import MIN_PANEL, add_caption, add_legend, make_palette
+from ...engine.visualize import MIN_PANEL, add_caption, add_legend, make_palette
 
 __all__ = ["class_colours", "draw_detections", "detection_comparison"]
 
