@@ -118,9 +118,10 @@ class DenseBackboneConfig(BackboneConfigMixin, PretrainedConfig):
         for key in _DERIVED:
             kwargs.pop(key, None)
         super().__init__(**kwargs)
-        bad = [f for f in out_features or () if f not in self.stage_names]
-        if bad or isinstance(out_features, str):
-            raise ValueError(f"out_features {bad or out_features!r} are not stages of {backbone!r}; give a list of "
+        bad = out_features if isinstance(out_features, str) else [
+            f for f in out_features or () if f not in self.stage_names]
+        if bad:
+            raise ValueError(f"out_features {bad!r} are not stages of {backbone!r}; give a list of "
                              f"{', '.join(self.stage_names)}")
         self.set_output_features_output_indices(out_features=list(out_features) if out_features else None,
                                                 out_indices=list(out_indices) if out_indices else None)

@@ -77,3 +77,41 @@ def test_readme_python_examples_run(hub_dir, randomize):
     assert tuple(scope["logits"].shape) == (1, 21, 512, 1024)
     exec(compile(more, "README detection/smp/timm examples", "exec"), scope)
     assert str(scope["bb"].feature_info) in more
+
+
+def pipeline_blocks():
+    """The Python examples of the README's "Use in other pipelines" section."""
+    section = README.read_text().split("\n## Use in other pipelines\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+def stated_values(block: str):
+    """``(expression, value)`` for every line ``<expression>   # <literal>`` of ``block`` (e.g. ``x.shape  # (1, 5)``)."""
+    import ast
+
+    found = []
+    for line in block.splitlines():
+        match = re.match(r"^(\S.*?)\s+#\s*([\(\[].*?[\)\]])(?::.*)?$", line)
+        if not match or re.match(r"^\w+ = ", match.group(1)):
+            continue
+        try:
+            found.append((match.group(1), ast.literal_eval(match.group(2))))
+        except (ValueError, SyntaxError):  # prose such as "(K, 4)"
+            pass
+    return found
+
+
+@pytest.mark.parametrize("block", pipeline_blocks(), ids=["torchvision", "smp", "hf", "openmmlab"])
+def test_readme_pipeline_examples_run_and_give_the_values_they_state(block, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # save_pretrained writes its folder here
+    scope: dict = {}
+    exec(compile(block, "README pipeline example", "exec"), scope)
+    stated = stated_values(block)
+    assert stated, "each example states what it returns"
+    for expression, value in stated:
+        got = eval(expression, scope)
+        assert (tuple(got) if isinstance(got, torch.Size) else got) == value, expression
+    if "same" in scope:  # the Hugging Face round trip
+        x = torch.randn(1, 3, 64, 64)
+        with torch.no_grad():
+            torch.testing.assert_close(scope["same"].eval()(x).logits, scope["upernet"].eval()(x).logits)
