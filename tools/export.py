@@ -8,6 +8,7 @@ Examples::
     python -m tools.export --checkpoint runs/voc/best.pt --format openvino --precision bf16  # best.bf16.xml/.bin
     python -m tools.export --checkpoint runs/voc/best.pt --format torchscript --deploy  # best.deploy.ts
     python -m tools.export --model resnet50 --head deeplabv3plus --num-classes 21 --format onnx
+    python -m tools.export --checkpoint runs/<detector>/best.pt --format onnx           # a detector: fp32 ONNX
 
 Default output names derive from the checkpoint (or the model name): ``<stem>[.deploy][.bf16|.int8]`` with the
 format's suffix (``.onnx``, ``.xml`` + ``.bin``, ``.ts``); an export never writes over its checkpoint. Files
@@ -27,6 +28,11 @@ Verification compares the written file, run by its engine (ONNX Runtime for ``.o
 with the eager PyTorch model (the original one even with ``--deploy``) on random inputs of several sizes:
 relative error within ``--tolerance`` (1e-4 in fp32, 5e-2 in bf16). An int8 file is compared on calibration
 images instead: the Pearson correlation of its logits with the eager ones must reach 0.9.
+
+A detection checkpoint (``tools.train_det``) exports to ONNX (one ``(3, H, W)`` image per call, dynamic size;
+outputs boxes, scores, labels) or TorchScript, in fp32 (:mod:`tools.runtime.detectors` says why not more), and
+is verified on the run's validation images: the same detections (count and labels) as the eager detector, boxes
+within ``--tolerance`` pixels (default 0.01) and scores within 1e-4.
 """
 
 from __future__ import annotations
@@ -43,9 +49,12 @@ from torch import nn
 from backbones import deploy
 
 from .bench.profiling import parse_size
+from .engine.checkpoint import checkpoint_task
 from .engine.cli import add_list_argument, run_cli
 from .tasks import build_named_model, model_from_checkpoint
 from .runtime.runners import PRECISIONS, cpu_supports_bf16, load_runner
+from .runtime.detectors import (DETECTOR_FORMATS, DetectorRunner, detection_error, export_detector_onnx,
+                                export_detector_torchscript)
 from .runtime.export import Staging, add_onnx_metadata, export_onnx, export_openvino, export_torchscript
 from .runtime.quantize import QUANTIZERS, calibration_batches, quantize_onnx
 from .runtime.verify import agreement, as_list, verify
@@ -160,6 +169,8 @@ def run(argv: Optional[List[str]] = None) -> int:
               else [(height, width), (height // 2 + 17, width // 2 + 31)])
     out = _output_path(args)
     model, checkpoint = _load_model(args)
+    if checkpoint is not None and checkpoint_task(checkpoint) == "detection":
+        return _export_detector(args, model, checkpoint, out, example=(height, width))
     calibration = None
     if args.precision == "int8":
         calibration = calibration_batches(checkpoint, num_images=args.calib_images, seed=args.calib_seed,
@@ -242,6 +253,65 @@ def _verify(args: argparse.Namespace, model: nn.Module, entry: Path, checks: Lis
         print(f"  {'ok  ' if good else 'FAIL'} {engine.kind} {args.precision} input {'x'.join(map(str, shape))}: "
               f"relative error {err:.1e} against eager PyTorch (tolerance {tolerance:g})")
     return ok
+
+
+# A detector's exported boxes may differ from the eager ones by float rounding of the resize and box decoding.
+DETECTOR_BOX_TOLERANCE = 0.01
+DETECTOR_SCORE_TOLERANCE = 1e-4
+
+
+def _export_detector(args: argparse.Namespace, model: nn.Module, checkpoint: Dict[str, Any], out: Path, *,
+                     example: Tuple[int, int]) -> int:
+    """Write a detection checkpoint's detector as ONNX or TorchScript (fp32), verified on validation images."""
+    where = f"checkpoint {args.checkpoint!r} is a detector"
+    if args.format not in DETECTOR_FORMATS:
+        raise ValueError(f"{where}: it exports to --format {' or '.join(DETECTOR_FORMATS)}, not {args.format} "
+                         f"(torchvision's detectors)")
+    if args.precision != "fp32" or args.deploy:
+        raise ValueError(f"{where}: it exports in fp32 without --deploy (got --precision {args.precision}"
+                         f"{', --deploy' if args.deploy else ''})")
+    metadata = {"task": "detection", "classes": list(checkpoint["classes"]), "source": Path(args.checkpoint).name}
+    start = time.time()
+    with Staging(out) as stage:
+        entry = stage.path(out.name)
+        if args.format == "onnx":
+            export_detector_onnx(model, entry, example=example, metadata=metadata)
+        else:
+            export_detector_torchscript(model, entry)
+        size = entry.stat().st_size / 2**20
+        print(f"built {out.name} ({size:.1f} MiB): {checkpoint['config'].get('detector')} detector as {args.format} "
+              f"fp32, in {time.time() - start:.1f} s")
+        if not args.no_verify and not _verify_detector(args, model, checkpoint, entry):
+            print(f"verification failed: nothing written to {out}")
+            return 1
+        stage.commit([out.name])
+    print(f"wrote {out}")
+    return 0
+
+
+def _verify_detector(args: argparse.Namespace, model: nn.Module, checkpoint: Dict[str, Any], entry: Path) -> bool:
+    from .data.detection import build_detection_dataset, det_eval_transform
+    from .tasks.detection.inference import detect
+
+    config = checkpoint["config"]
+    try:
+        dataset = build_detection_dataset(config["dataset"], root=args.calib_root or config.get("root"),
+                                          split=config.get("val_split", "val"), transform=det_eval_transform(),
+                                          **(config.get("data_kwargs") or {}))
+        images = [dataset[i][0] for i in range(min(INT8_CHECK_IMAGES, len(dataset)))]
+        what = f"{len(images)} validation images of {dataset.name}"
+    except (OSError, ValueError) as err:  # the run's data moved: random images still compare the graphs
+        gen = torch.Generator().manual_seed(0)
+        images = [torch.rand(3, 96 + 32 * k, 128, generator=gen) for k in range(3)]
+        what = f"{len(images)} random images (the run's validation split is not readable here: {err})"
+    reference = detect(model, images)
+    mismatched, box_err, score_err = detection_error(reference, DetectorRunner(entry)(images))
+    tolerance = args.tolerance if args.tolerance is not None else DETECTOR_BOX_TOLERANCE
+    good = not mismatched and box_err <= tolerance and score_err <= DETECTOR_SCORE_TOLERANCE
+    print(f"  {'ok  ' if good else 'FAIL'} {args.format} against the eager detector on {what}: "
+          f"{mismatched} images with other detections, boxes within {box_err:.1e} px (tolerance {tolerance:g}), "
+          f"scores within {score_err:.1e}")
+    return good
 
 
 def main(argv: Optional[List[str]] = None) -> int:

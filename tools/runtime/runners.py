@@ -308,28 +308,32 @@ def inference_device(args: Mapping[str, Any]) -> str:
 
 
 def load_for_inference(args: Mapping[str, Any], device: torch.device
-                       ) -> Tuple[Callable[[torch.Tensor], Any], Dict[str, Any]]:
-    """The model ``tools.eval_seg``/``tools.predict`` run, and the checkpoint (config, classes...).
+                       ) -> Tuple[Callable[[Any], Any], Dict[str, Any]]:
+    """The model ``tools.eval_seg``/``tools.predict`` run, and the checkpoint (config, classes...), read once.
 
     Without ``--model``/``--precision`` on torch: the checkpoint's eval-mode module, which ``--amp`` and
-    ``--channels-last`` apply to. Otherwise: an :class:`Runner`, checked against the checkpoint's classes.
+    ``--channels-last`` apply to. Otherwise: a :class:`Runner` (a segmentation model or backbone) or a
+    :class:`tools.runtime.detectors.DetectorRunner` (a detector), checked against the checkpoint's classes.
     """
-    from ..engine.checkpoint import load_checkpoint
-    from ..tasks import model_from_checkpoint
+    from ..engine.checkpoint import checkpoint_task, load_checkpoint
+    from ..tasks import model_of_checkpoint
 
     model_file, engine, precision = args.get("model"), resolve_runtime(args), args.get("precision")
+    checkpoint = load_checkpoint(args["checkpoint"])
+    where = repr(str(args["checkpoint"]))
     if engine == "torch" and model_file is None and precision in (None, "fp32"):
-        return model_from_checkpoint(args["checkpoint"], device=device)
+        return model_of_checkpoint(checkpoint, where=where).to(device), checkpoint
     if args.get("amp", "none") != "none" or args.get("channels_last"):
         raise ValueError(f"--amp and --channels-last apply to the plain torch model only, not to --engine {engine} "
                          f"{'--model ' + model_file if model_file else ''} --precision {precision}; "
                          f"for bf16 use --precision bf16")
     if engine != "torch" and device.type != "cpu":
         raise ValueError(f"--engine {engine} runs on the CPU; use --device cpu (or auto)")
-    checkpoint = load_checkpoint(args["checkpoint"])
     classes = list(checkpoint.get("classes") or [])
     if not classes:
-        raise ValueError(f"checkpoint {args['checkpoint']!r} records no class names")
+        raise ValueError(f"checkpoint {where} records no class names")
+    if checkpoint_task(checkpoint) == "detection":
+        return _detector_for_inference(model_file, engine, precision, classes, where), checkpoint
     calibration = None
     if precision == "int8" and model_file is None:
         from .quantize import calibration_batches
@@ -337,8 +341,31 @@ def load_for_inference(args: Mapping[str, Any], device: torch.device
         calibration = calibration_batches(checkpoint)
     loaded = load_runner(model_file or args["checkpoint"], engine=engine, precision=precision, device=device,
                          calibration=calibration)
-    loaded.check_compatible(classes=classes, reference=f"checkpoint {args['checkpoint']!r}")
+    loaded.check_compatible(classes=classes, reference=f"checkpoint {where}")
     return loaded, checkpoint
+
+
+def _detector_for_inference(model_file: Optional[str], engine: str, precision: Optional[str],
+                            classes: List[str], where: str) -> Callable[[Any], Any]:
+    """An exported detector of checkpoint ``where``: fp32 ONNX (ONNX Runtime) or TorchScript only."""
+    from .detectors import DetectorRunner
+
+    if precision not in (None, "fp32"):
+        raise ValueError(f"checkpoint {where} is a detector: detectors run in fp32 only (torchvision's detectors "
+                         f"export to fp32 ONNX and TorchScript), got --precision {precision}")
+    if model_file is None:
+        raise ValueError(f"--engine {engine} needs --model: a detector exported from checkpoint {where} with "
+                         f"python -m tools.export --checkpoint {where.strip(chr(39))} --format onnx")
+    wanted = {".onnx": "onnxruntime", ".ts": "torch"}.get(Path(model_file).suffix.lower())
+    if wanted is None:
+        raise ValueError(f"--model {model_file!r}: an exported detector is an .onnx (ONNX Runtime) or .ts "
+                         f"(TorchScript) file")
+    if engine != wanted:
+        raise ValueError(f"--model {model_file!r} runs on --engine {wanted}, not {engine} (detectors export to ONNX "
+                         f"for ONNX Runtime and to TorchScript)")
+    runner = DetectorRunner(model_file)
+    runner.check_compatible(classes=classes, reference=f"checkpoint {where}")
+    return runner
 
 
 def _from_module(model: nn.Module, *, source_name: str, engine: str, precision: Optional[str],

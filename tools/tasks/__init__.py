@@ -8,7 +8,7 @@ matching path.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -18,11 +18,12 @@ from heads import build_segmentor
 
 from ..engine.checkpoint import check_model_state, checkpoint_task, load_checkpoint
 from ..engine.task import Task
+from .detection.task import DETECTION
 from .segmentation.task import SEGMENTATION
 
-__all__ = ["TASKS", "get_task", "model_from_checkpoint", "build_named_model"]
+__all__ = ["TASKS", "get_task", "model_from_checkpoint", "model_of_checkpoint", "build_named_model"]
 
-TASKS: Dict[str, Task] = {SEGMENTATION.name: SEGMENTATION}
+TASKS: Dict[str, Task] = {SEGMENTATION.name: SEGMENTATION, DETECTION.name: DETECTION}
 
 
 def get_task(name: str) -> Task:
@@ -36,21 +37,25 @@ def model_from_checkpoint(path: Union[str, Path], *, device: Union[str, torch.de
                           task: Optional[str] = None) -> Tuple[nn.Module, Dict[str, Any]]:
     """The eval-mode model stored in training checkpoint ``path`` and the checkpoint (config, classes...).
 
-    Loads the file (refusing another ``task``'s checkpoint when one is given), checks that it names its classes,
-    rebuilds the model from its config, checks the stored weights against that model (a report of
-    missing/unexpected/mis-shaped keys) and loads them.
+    Loads the file (refusing another ``task``'s checkpoint when one is given), then :func:`model_of_checkpoint`.
     """
     checkpoint = load_checkpoint(path, task=task)
+    return model_of_checkpoint(checkpoint, where=repr(str(path))).to(device), checkpoint
+
+
+def model_of_checkpoint(checkpoint: Mapping[str, Any], *, where: str) -> nn.Module:
+    """The eval-mode model (on the CPU) of a loaded checkpoint: checks that it names its classes, rebuilds the
+    model from its config with its task's builder, checks the stored weights against that model (a report of
+    missing/unexpected/mis-shaped keys) and loads them."""
     owner = get_task(checkpoint_task(checkpoint))
     config = checkpoint["config"]
     classes = list(checkpoint.get("classes") or [])
     if not classes:
-        raise ValueError(f"checkpoint {str(path)!r} records no class names")
+        raise ValueError(f"checkpoint {where} records no class names")
     model = owner.build_model(config, classes)
-    check_model_state(model, checkpoint["model"],
-                      where=f"{str(path)!r} ({owner.describe_model(config, len(classes))})")
+    check_model_state(model, checkpoint["model"], where=f"{where} ({owner.describe_model(config, len(classes))})")
     model.load_state_dict(checkpoint["model"])
-    return model.to(device).eval(), checkpoint
+    return model.eval()
 
 
 def build_named_model(name: str, *, output_stride: int = 32, num_classes: int = 19,

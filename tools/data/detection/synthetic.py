@@ -16,11 +16,13 @@ import numpy as np
 
 from .base import DetectionDataset, DetectionTransform, Target, empty_target
 
-__all__ = ["DETECTION_SHAPES", "SPLITS", "DEFAULT_SIZES", "SIZE_RANGE", "SyntheticDetection", "make_instances"]
+__all__ = ["DETECTION_SHAPES", "SPLITS", "DEFAULT_SIZES", "IMAGE_SIZE", "SIZE_RANGE", "SyntheticDetection",
+           "make_instances"]
 
 DETECTION_SHAPES = ("rectangle", "ellipse", "triangle", "cross")
 SPLITS = {"train": 0, "val": 1, "test": 2}
 DEFAULT_SIZES = {"train": 512, "val": 64, "test": 64}
+IMAGE_SIZE = 128  # side of the square images
 PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48))
 
 # An object's extent is log-uniform in this fraction of the image side, so small, medium and large objects
@@ -158,7 +160,7 @@ class SyntheticDetection(DetectionDataset):
     ``load(i)`` returns an ``(image_size, image_size, 3)`` uint8 RGB image and its target (no crowd boxes).
     """
 
-    def __init__(self, *, split: str = "train", num_images: Optional[int] = None, image_size: int = 128,
+    def __init__(self, *, split: str = "train", num_images: Optional[int] = None, image_size: int = IMAGE_SIZE,
                  max_objects: int = 5, size_range: Tuple[float, float] = SIZE_RANGE, seed: int = 0,
                  transform: Optional[DetectionTransform] = None, keep_empty: bool = True) -> None:
         super().__init__(classes=DETECTION_SHAPES, transform=transform, palette=PALETTE,
@@ -209,7 +211,7 @@ class SyntheticDetection(DetectionDataset):
 
 def synthetic_detection(*, root: Union[str, None] = None, split: str = "train",
                         transform: Optional[DetectionTransform] = None, keep_empty: bool = True,
-                        num_images: Optional[int] = None, image_size: int = 128, max_objects: int = 5,
+                        num_images: Optional[int] = None, image_size: int = IMAGE_SIZE, max_objects: int = 5,
                         size_range: Tuple[float, float] = SIZE_RANGE, seed: int = 0) -> SyntheticDetection:
     """The built-in shapes set (:class:`SyntheticDetection`); ``root`` is ignored: nothing is read from disk."""
     del root
