@@ -99,8 +99,13 @@ def resolve_model_options(cfg: Dict[str, Any], *, image_size: Optional[int] = No
         raise ValueError(f"--frozen-stages must be >= -1 or auto, got {cfg['frozen_stages']!r}")
     if cfg["max_size"] < cfg["min_size"]:
         raise ValueError(f"--max-size ({cfg['max_size']}) must be at least --min-size ({cfg['min_size']})")
-    if not cfg.get("fpn_channels", 1) > 0:
-        raise ValueError(f"--fpn-channels must be > 0, got {cfg['fpn_channels']!r}")
+    channels = cfg.get("fpn_channels", MODEL_DEFAULTS["fpn_channels"])
+    if not channels > 0:
+        raise ValueError(f"--fpn-channels must be > 0, got {channels!r}")
+    if cfg.get("detector") == "fcos" and (channels % 32 or channels < 64):
+        # FCOS's head normalizes with GroupNorm(32, C): C must split into groups, and a group of one channel
+        # cannot normalize the 1x1 top level of one image
+        raise ValueError(f"--fpn-channels {channels}: FCOS's head needs a multiple of 32, at least 64")
 
 
 def build_model(config: Mapping[str, Any], num_classes: int, *, pretrained: Union[bool, str, None] = None
