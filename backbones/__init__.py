@@ -13,14 +13,14 @@ from .base import Backbone, FeatureInfo, FeatureSpec
 from .deploy import deploy
 from .norm import FrozenBatchNorm2d, freeze_batchnorm, unfreeze_batchnorm
 from .param_groups import param_groups
-from .registry import UsageError, build_backbone, list_backbones, register_backbone
+from .registry import MissingExtraError, UsageError, build_backbone, list_backbones, register_backbone
 from .resnet import ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
 from .weights import load_pretrained
 
 __all__ = [
     "Backbone", "FeatureInfo", "FeatureSpec",
     "FrozenBatchNorm2d", "freeze_batchnorm", "unfreeze_batchnorm",
-    "UsageError", "build_backbone", "list_backbones", "register_backbone",
+    "MissingExtraError", "UsageError", "build_backbone", "list_backbones", "register_backbone",
     "ResNet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
     "load_pretrained", "param_groups", "deploy",
 ]

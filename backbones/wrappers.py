@@ -2,7 +2,9 @@
 
 Both wrappers return a list of maps described by a :class:`FeatureInfo` with the *actual* strides, so every
 head works with them. ``out_strides`` counts, as for our ResNets, in strides of the undilated network; each
-spec's ``dilation`` is the factor between that nominal stride and the actual one.
+spec's ``dilation`` is the factor between that nominal stride and the actual one. Where a timm model has several
+maps of one stride (a ViT's blocks), the deepest is returned, and a request the model cannot meet exactly (a
+stride it lacks, an output stride it cannot dilate to) is refused rather than answered with another map.
 
 timm and torchvision are imported when a wrapper is built, not when ``backbones`` is imported.
 """

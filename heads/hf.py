@@ -123,8 +123,15 @@ class DenseBackboneConfig(BackboneConfigMixin, PretrainedConfig):
         if bad:
             raise ValueError(f"out_features {bad!r} are not stages of {backbone!r}; give a list of "
                              f"{', '.join(self.stage_names)}")
-        self.set_output_features_output_indices(out_features=list(out_features) if out_features else None,
-                                                out_indices=list(out_indices) if out_indices else None)
+        out_features = list(out_features) if out_features else None
+        out_indices = list(out_indices) if out_indices else None
+        if hasattr(self, "set_output_features_output_indices"):  # transformers 5
+            self.set_output_features_output_indices(out_features=out_features, out_indices=out_indices)
+        else:  # transformers 4
+            from transformers.utils.backbone_utils import get_aligned_output_features_output_indices
+
+            self._out_features, self._out_indices = get_aligned_output_features_output_indices(
+                out_features=out_features, out_indices=out_indices, stage_names=self.stage_names)
 
     def build_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments of :func:`backbones.build_backbone` this config stands for (``out_strides`` aside)."""

@@ -86,7 +86,8 @@ def pipeline_blocks():
 
 
 def stated_values(block: str):
-    """``(expression, value)`` for every line ``<expression>   # <literal>`` of ``block`` (e.g. ``x.shape  # (1, 5)``)."""
+    """``(expression, value)`` for every line ``<expression>   # <literal>`` of ``block``, e.g.
+    ``x.shape   # (1, 5)``; assignments and comments that are no Python literal are skipped."""
     import ast
 
     found = []

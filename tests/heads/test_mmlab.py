@@ -23,7 +23,8 @@ def test_a_config_with_custom_imports_registers_and_builds_it(tmp_path, monkeypa
     monkeypatch.delitem(sys.modules, "heads.mmlab")
     config = tmp_path / "config.py"
     config.write_text('custom_imports = dict(imports=["heads.mmlab"], allow_failed_imports=False)\n'
-                      'model = dict(type="DenseBackbone", name="resnet18", out_strides=(8, 16, 32), output_stride=16)\n')
+                      'model = dict(type="DenseBackbone", name="resnet18", out_strides=(8, 16, 32),\n'
+                      '             output_stride=16)\n')
     cfg = Config.fromfile(str(config))
     model = MODELS.build(cfg.model)
     assert type(model).__name__ == "DenseBackbone" and model.out_channels == [128, 256, 512]
