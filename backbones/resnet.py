@@ -172,7 +172,9 @@ class ResNet(Backbone):
             ``frozen_stages`` (the attribute) and re-enable gradients to unfreeze for good.
         norm_eval: keep every BatchNorm in eval mode during training (statistics not updated).
         zero_init_residual: zero the last norm's weight in each block, so each block starts as identity.
-        in_chans: number of input channels.
+        in_chans: number of input channels. Pretrained RGB weights are adapted to them when loaded, as timm
+            adapts them (:func:`backbones.weights.adapt_input_conv`: summed for 1 channel, repeated and scaled by
+            3/N for N), said in one log line.
         checkpoint_stages: recompute each stage's activations in the backward pass (activation
             checkpointing) to cut training memory; no effect in eval mode. BatchNorm running statistics are
             updated once per step, as without it (the recomputation restores them).

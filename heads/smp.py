@@ -12,6 +12,8 @@ its encoder of the same name): smp always reads named weights from there. We fet
 :func:`backbones.weights.hf_weights_file`, so an offline run fails at once naming the folder to place them in,
 and :meth:`DenseEncoder.load_state_dict` checks every key and shape. For other weights pass
 ``encoder_weights=None`` and ``backbones.load_pretrained(model.encoder.backbone, "tv2")`` (or a timm tag, a path).
+With ``in_channels != 3`` the pretrained RGB input convolution is adapted as timm adapts it (see
+:meth:`DenseEncoder.set_in_channels`).
 """
 
 from __future__ import annotations
