@@ -119,7 +119,7 @@ def isolated_backbones():
 # mark, and the README's test command runs them in a pytest process of their own: in one process with the
 # DataLoader-worker tests the process crashed with SIGSEGV, in either order.
 _ENGINE_MODULES = ("test_benchmark.py", "test_runners.py", "test_quantize.py", "test_export.py",
-                   "test_eval_predict.py")
+                   "test_eval_predict.py", "test_det_export.py")
 
 
 def pytest_configure(config) -> None:

@@ -108,3 +108,24 @@ def test_sync_bn_on_cpu_processes_is_refused_before_training(tmp_path, monkeypat
     with pytest.raises(ValueError, match="sync_bn needs CUDA"):
         run(tiny_run_args(tmp_path, "sync", "--norm", "sync_bn"))
     assert not (tmp_path / "sync").exists()
+
+
+def test_a_detector_trained_by_two_gloo_processes_scores_as_one_process_scores_it(tmp_path):
+    # The detections of both ranks' shards of the validation set are merged before COCOeval, so the run's
+    # final AP is the AP one process gives the same weights on the whole set.
+    from tools import eval_seg
+    from tests.tools.test_train_det import tiny_det_args
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", "-m", "tools.train_det",
+           *tiny_det_args(tmp_path, "ddp", "--iters", "2", "--batch-size", "2", "--val-batch-size", "1")]
+    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(REPO), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stdout and proc.stdout.count("eval at iter 2") == 1
+    lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    merged = [r for r in map(json.loads, lines) if r["type"] == "val"][-1]
+    assert merged["num_images"] == 8 and merged["num_detections"] > 0
+    alone = eval_seg.run(["--checkpoint", str(tmp_path / "ddp" / "last.pt"), "--workers", "0"])
+    for key in ("ap", "ap50", "ap75", "ar100", "num_detections"):
+        assert merged[key] == alone[key], key
+    assert merged["per_class_ap"] == alone["per_class_ap"]

@@ -28,14 +28,22 @@ def image_tensor(image: np.ndarray) -> torch.Tensor:
 def detect(model: Any, images: Images, *, amp: str = "none") -> List[Dict[str, torch.Tensor]]:
     """The detections of ``model`` (an eval-mode detector, or a runner of an exported one) on ``images``
     (``(3, H, W)`` float in [0, 1] each): one ``{"boxes" (K, 4) xyxy in the image's pixels, "scores",
-    "labels" (K,) in 1..C}`` per image, on the CPU."""
+    "labels" (K,) in 1..C}`` per image, on the CPU.
+
+    torchvision's one-stage detectors (RetinaNet, FCOS) score the background index 0 like a class; it is never
+    a training target, and a detection labelled 0 is no object, so those are left out.
+    """
     if isinstance(model, nn.Module):
         with autocast(images[0].device, amp):
             outputs = model(images)
     else:
         outputs = model(images)
-    return [{k: v.detach().float().cpu() if k != "labels" else v.detach().cpu() for k, v in out.items()}
-            for out in outputs]
+    found = []
+    for out in outputs:
+        keep = out["labels"] > 0
+        found.append({k: (v[keep].detach().cpu().float() if k != "labels" else v[keep].detach().cpu())
+                      for k, v in out.items()})
+    return found
 
 
 def run_evaluation(model: Any, loader: torch.utils.data.DataLoader, evaluator: CocoEvaluator, *,
