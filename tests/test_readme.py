@@ -11,8 +11,8 @@ import pytest
 import torch
 
 README = Path(__file__).resolve().parents[1] / "README.md"
-PROGRAMS = {"train": "train_seg", "eval": "eval_seg", "predict": "predict", "benchmark": "benchmark",
-            "inspect": "inspect", "export": "export"}
+PROGRAMS = {"train": "train_seg", "train-det": "train_det", "eval": "eval_seg", "predict": "predict",
+            "benchmark": "benchmark", "inspect": "inspect", "export": "export"}
 
 
 def blocks(language: str):
@@ -27,7 +27,7 @@ def commands():
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S) + inline:
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split("  #")[0].strip()
-            match = re.match(r"(?:.*&& )?(?:dense-(\w+)|python -m tools\.(\w+))(.*)$", line)
+            match = re.match(r"(?:.*&& )?(?:dense-([\w-]+)|python -m tools\.(\w+))(.*)$", line)
             # "..." and [optional] parts are prose, not arguments
             if not match or "..." in line or "[" in line or "<" in line.replace("<name>", ""):
                 continue
@@ -40,7 +40,7 @@ def commands():
 
 def parse(program: str, argv):
     module = __import__(f"tools.{program}", fromlist=["x"])
-    if program == "train_seg":
+    if program in ("train_seg", "train_det"):
         from tools.engine.config import parse_config
 
         return parse_config(module.build_parser(), argv)
