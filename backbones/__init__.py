@@ -11,6 +11,7 @@ Example::
 from . import wrappers  # noqa: F401  (registers the "timm:" and "torchvision:" prefixes)
 from .base import Backbone, FeatureInfo, FeatureSpec
 from .deploy import deploy
+from .machine import MachineInfo, machine_info
 from .norm import FrozenBatchNorm2d, freeze_batchnorm, unfreeze_batchnorm
 from .param_groups import param_groups
 from .registry import MissingExtraError, UsageError, build_backbone, list_backbones, register_backbone
@@ -22,5 +23,5 @@ __all__ = [
     "FrozenBatchNorm2d", "freeze_batchnorm", "unfreeze_batchnorm",
     "MissingExtraError", "UsageError", "build_backbone", "list_backbones", "register_backbone",
     "ResNet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
-    "load_pretrained", "param_groups", "deploy",
+    "load_pretrained", "param_groups", "deploy", "MachineInfo", "machine_info",
 ]
