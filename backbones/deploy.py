@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .fold import fold_batchnorm, fuse_relu, mark_dead_inputs
+from .machine import lacks_native_bf16
 from .packed import MKLDNN_OPS, FusedBasicBlock, FusedBottleneck, PackedConv2d, fuse_residual_blocks, release_packed
 from .tensors import device_of, to_dtype
 from .winograd import is_eligible as winograd_eligible
@@ -32,20 +33,21 @@ def deploy(model: nn.Module, *, dtype: Optional[torch.dtype] = None, channels_la
 
     Args:
         model: the module to copy.
-        dtype: ``None`` keeps the parameters' dtype; ``torch.bfloat16`` (CPU with bf16 support, or CUDA) or
-            ``torch.float16`` (CUDA only). The copy then expects inputs in that dtype (``x.to(dtype)``) and
-            returns outputs in it.
+        dtype: ``None`` keeps the parameters' dtype; ``torch.bfloat16`` (CUDA, or a CPU with native bf16:
+            class ``avx512_bf16`` or ``amx`` in :mod:`backbones.machine`) or ``torch.float16`` (CUDA only). The
+            copy then expects inputs in that dtype (``x.to(dtype)``) and returns outputs in it.
         channels_last: store convolution weights as NHWC, so activations stay NHWC throughout.
         device: move the copy there (default: where ``model`` is).
         pack_weights: on CPU with ``channels_last``, run convolutions through oneDNN with weights packed once
             per input shape (:class:`backbones.packed.PackedConv2d`); costs one extra copy of the weights per
             cached shape.
         winograd: with ``pack_weights``, in fp32, run the 3x3 stride-1 convolutions with at least
-            :data:`backbones.winograd.MIN_CHANNELS` input and output channels as Winograd F(4x4, 3x3): a quarter
-            of the multiply-adds, at the price of ~1e-5 relative error per layer (instead of ~1e-6), weights held
-            a second time in the Winograd domain (4x their size) and reused per-thread scratch buffers. Its
-            transforms are memory-bound, so what it gains depends on free memory bandwidth. ``False`` keeps every
-            convolution on oneDNN's direct kernel (outputs closest to eager).
+            :func:`backbones.winograd.min_channels` input and output channels (a floor per CPU class, see
+            :mod:`backbones.machine`) as Winograd F(4x4, 3x3): a quarter of the multiply-adds, at the price of
+            ~1e-5 relative error per layer (instead of ~1e-6), weights held a second time in the Winograd domain
+            (4x their size) and reused per-thread scratch buffers. Its transforms are memory-bound, so what it
+            gains depends on free memory bandwidth. ``False`` keeps every convolution on oneDNN's direct kernel
+            (outputs closest to eager).
         fuse: with ``pack_weights``, apply each ReLU that only reads a convolution's output, and the residual
             addition and ReLU ending this project's ResNet blocks, inside the convolution (oneDNN post-ops; see
             :func:`backbones.fold.fuse_relu` and :func:`backbones.packed.fuse_residual_blocks`): one pass over
@@ -114,17 +116,15 @@ def _check_dtype(dtype: Optional[torch.dtype], device: torch.device) -> None:
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ValueError(f"deploy dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
     if device.type == "cpu":
+        lacks = lacks_native_bf16() if dtype != torch.float32 else ""
         if dtype == torch.float16:
-            raise ValueError("deploy dtype=torch.float16 is not supported on CPU (no fast fp16 convolutions there); "
-                             "use torch.bfloat16 on CPU, or float16 with device='cuda'")
-        if dtype == torch.bfloat16 and not _cpu_supports_bf16():
-            raise ValueError("deploy dtype=torch.bfloat16 needs a CPU with bf16 support in oneDNN (AVX-512 or "
-                             "newer); this one has none, so use dtype=None (fp32)")
+            instead = "dtype=None (fp32) on this CPU" if lacks else "torch.bfloat16 on this CPU"
+            raise ValueError(f"deploy dtype=torch.float16 is not supported on CPU (no fast fp16 convolutions "
+                             f"there); use {instead}, or float16 with device='cuda'")
+        if lacks:
+            # oneDNN would emulate bf16 there (or refuse it): slower than the fp32 kernels it replaces.
+            raise ValueError(f"deploy dtype=torch.bfloat16: {lacks}, so bf16 would be emulated, slower than fp32; "
+                             f"use dtype=None (fp32) on this CPU")
     elif device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         raise ValueError(f"deploy dtype=torch.bfloat16 is not supported by {torch.cuda.get_device_name(device)}; "
                          f"use torch.float16")
-
-
-def _cpu_supports_bf16() -> bool:
-    checker = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return torch.backends.mkldnn.is_available() and (checker is None or bool(checker()))

@@ -30,11 +30,23 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
-__all__ = ["MIN_CHANNELS", "is_eligible", "release_workspace", "transform_weight", "winograd_conv3x3"]
+from .machine import ISA_CLASSES, cpu_class
+
+__all__ = ["AVX512_MIN_CHANNELS", "AVX2_MIN_CHANNELS", "MIN_CHANNELS_BY_CLASS", "min_channels", "is_eligible",
+           "release_workspace", "transform_weight", "winograd_conv3x3"]
 
 # Below this many input or output channels the memory-bound transforms can cost more than the saved
-# multiply-adds when memory bandwidth is contended (see docs/performance.md).
-MIN_CHANNELS = 256
+# multiply-adds when memory bandwidth is contended (measured on AVX-512 CPUs, see docs/performance.md).
+AVX512_MIN_CHANNELS = 256
+# The floor for AVX2 CPUs (and those below): not measured there yet, so the AVX-512 floor until a measurement of
+# deploy(winograd=True) against winograd=False per channel width on an AVX2 machine sets it.
+AVX2_MIN_CHANNELS = AVX512_MIN_CHANNELS
+# deploy()'s Winograd floor per CPU class (backbones.machine.cpu_class): where Winograd's saved multiply-adds
+# outweigh its memory-bound transforms depends on the direct kernel's vector width and the memory bandwidth.
+MIN_CHANNELS_BY_CLASS: Dict[str, int] = {
+    "baseline": AVX2_MIN_CHANNELS, "avx2": AVX2_MIN_CHANNELS,
+    "avx512": AVX512_MIN_CHANNELS, "avx512_bf16": AVX512_MIN_CHANNELS, "amx": AVX512_MIN_CHANNELS,
+}
 
 TILE = 4  # output tile side (m)
 # Bytes of each of the two scratch buffers (tiles transformed at once: whole images, or whole rows of tiles of one
@@ -65,12 +77,22 @@ _INPUT_T = torch.kron(_BT, _BT).float()  # (36, 36)
 _OUTPUT_T = torch.kron(_AT, _AT).float()  # (16, 36)
 
 
-def is_eligible(conv: nn.Module) -> bool:
-    """Whether :func:`winograd_conv3x3` computes ``conv``: a size-preserving 3x3, stride 1, undilated, ungrouped
-    ``nn.Conv2d`` with zero padding and at least :data:`MIN_CHANNELS` input and output channels."""
+def min_channels(isa: Optional[str] = None) -> int:
+    """The fewest input and output channels at which :func:`backbones.deploy` runs a 3x3 convolution as
+    Winograd on a CPU of class ``isa`` (one of :data:`backbones.machine.ISA_CLASSES`; default: this CPU's)."""
+    isa = cpu_class() if isa is None else isa
+    if isa not in MIN_CHANNELS_BY_CLASS:
+        raise ValueError(f"isa must be one of {', '.join(ISA_CLASSES)}, got {isa!r}")
+    return MIN_CHANNELS_BY_CLASS[isa]
+
+
+def is_eligible(conv: nn.Module, *, isa: Optional[str] = None) -> bool:
+    """Whether :func:`winograd_conv3x3` computes ``conv`` and pays off on a CPU of class ``isa`` (default: this
+    CPU's): a size-preserving 3x3, stride 1, undilated, ungrouped ``nn.Conv2d`` with zero padding and at least
+    :func:`min_channels` input and output channels."""
     return (isinstance(conv, nn.Conv2d) and conv.kernel_size == (3, 3) and conv.stride == (1, 1)
             and conv.dilation == (1, 1) and conv.padding == (1, 1) and conv.groups == 1
-            and conv.padding_mode == "zeros" and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS)
+            and conv.padding_mode == "zeros" and min(conv.in_channels, conv.out_channels) >= min_channels(isa))
 
 
 def transform_weight(weight: torch.Tensor) -> torch.Tensor:

@@ -4,8 +4,10 @@ import torch
 from torch import nn
 
 from backbones import FrozenBatchNorm2d
+from backbones.machine import native_bf16
 
-BF16_OK = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+# What deploy(dtype=torch.bfloat16) accepts here: a CPU class with native bf16, and oneDNN.
+BF16_OK = native_bf16("cpu")
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -10,6 +10,7 @@ from torch import nn
 from backbones import FrozenBatchNorm2d, build_backbone, deploy, list_backbones
 from backbones.packed import FusedBasicBlock, FusedBottleneck, PackedConv2d
 from heads import build_segmentor, list_heads
+from tests.backbones.cpus import pretend_cpu  # noqa: F401
 from tests.backbones.helpers import BF16_OK, batchnorms, rel_err
 
 
@@ -130,6 +131,29 @@ def test_deployed_model_pickles_and_keeps_metadata(randomize):
 def test_bad_dtype_is_a_clear_error(dtype, error):
     with pytest.raises(ValueError, match=error):
         deploy(nn.Conv2d(3, 3, 1), dtype=dtype)
+
+
+@pytest.mark.parametrize("cpu, lacking", [
+    ("zen3", "this CPU (AMD EPYC 7B13, class avx2) has no native bf16 (no AVX-512 BF16, no AMX)"),
+    ("skylake_x", "class avx512) has no native bf16 (AVX-512 without its BF16 extension, no AMX)"),
+    ("avx_only", "class baseline) has no native bf16 (no AVX-512 BF16, no AMX)"),
+])
+def test_bf16_on_a_cpu_without_it_is_one_line_naming_what_it_lacks(pretend_cpu, cpu, lacking):
+    pretend_cpu(cpu)
+    with pytest.raises(ValueError) as info:
+        deploy(nn.Conv2d(3, 3, 1), dtype=torch.bfloat16)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("deploy dtype=torch.bfloat16: ") and lacking in message
+    assert message.endswith("use dtype=None (fp32) on this CPU")
+    with pytest.raises(ValueError, match=r"float16 is not supported on CPU .*use dtype=None \(fp32\) on this CPU"):
+        deploy(nn.Conv2d(3, 3, 1), dtype=torch.float16)  # not "use bfloat16" where that is refused too
+
+
+def test_bf16_without_onednn_says_so(pretend_cpu, monkeypatch):
+    pretend_cpu("zen4")
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="this PyTorch build has no oneDNN.*use dtype=None"):
+        deploy(nn.Conv2d(3, 3, 1), dtype=torch.bfloat16)
 
 
 def test_bad_arguments():

@@ -8,6 +8,7 @@ from torch import nn
 
 from backbones import deploy
 from backbones.packed import PackedConv2d
+from backbones.winograd import min_channels
 from tests.backbones.helpers import BF16_OK, rel_err
 
 
@@ -50,7 +51,7 @@ def test_packed_conv_follows_weight_changes_and_falls_back_for_autograd():
 def test_fused_relu_and_residual_equal_the_separate_ops(channels, size):
     conv = nn.Conv2d(channels, channels, 3, padding=1)
     packed = deploy(conv)
-    assert packed.winograd == (channels >= 256)
+    assert packed.winograd == (channels >= min_channels())
     packed.fused_relu = True
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, channels, *size, generator=gen)

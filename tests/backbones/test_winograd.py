@@ -1,5 +1,6 @@
 """Winograd F(4x4, 3x3): equal to F.conv2d (float64 reference) at every size, including sizes that are not
-multiples of the tile and after the scratch buffers held larger data; which layers deploy() routes to it."""
+multiples of the tile and after the scratch buffers held larger data; which layers deploy() routes to it, with
+the channel floor of the CPU's class."""
 
 import importlib
 import threading
@@ -12,7 +13,11 @@ from torch import nn
 from backbones import build_backbone, deploy
 from backbones.packed import PackedConv2d
 from heads import build_segmentor, list_heads
-from backbones.winograd import MIN_CHANNELS, is_eligible, release_workspace, transform_weight, winograd_conv3x3
+from backbones.machine import ISA_CLASSES, cpu_class
+from backbones.winograd import (AVX2_MIN_CHANNELS, AVX512_MIN_CHANNELS, MIN_CHANNELS_BY_CLASS, is_eligible,
+                                min_channels, release_workspace, transform_weight, winograd_conv3x3)
+from tests.backbones.cpus import pretend_cpu  # noqa: F401
+from tests.backbones.helpers import BF16_OK
 
 packed_module = importlib.import_module("backbones.packed")
 winograd_module = importlib.import_module("backbones.winograd")
@@ -91,7 +96,7 @@ def test_bad_weights_are_refused():
 
 
 @pytest.mark.parametrize("conv, eligible", [
-    (nn.Conv2d(MIN_CHANNELS, MIN_CHANNELS, 3, padding=1), True),
+    (nn.Conv2d(AVX512_MIN_CHANNELS, AVX512_MIN_CHANNELS, 3, padding=1), True),
     (nn.Conv2d(256, 512, 3, padding=1, bias=False), True),
     (nn.Conv2d(64, 256, 3, padding=1), False),  # too narrow: the transforms cost more than they save
     (nn.Conv2d(128, 128, 3, padding=1), False),  # faster only while memory bandwidth is free
@@ -103,7 +108,29 @@ def test_bad_weights_are_refused():
     (nn.Conv2d(256, 256, 3, padding=1, padding_mode="reflect"), False),
 ])
 def test_eligibility(conv, eligible):
-    assert is_eligible(conv) is eligible
+    assert is_eligible(conv, isa="avx512") is eligible  # the floor measured on AVX-512
+
+
+def test_the_floor_is_a_table_per_cpu_class():
+    assert set(MIN_CHANNELS_BY_CLASS) == set(ISA_CLASSES)
+    assert {MIN_CHANNELS_BY_CLASS[c] for c in ("avx512", "avx512_bf16", "amx")} == {AVX512_MIN_CHANNELS} == {256}
+    assert MIN_CHANNELS_BY_CLASS["avx2"] == AVX2_MIN_CHANNELS
+    assert min_channels() == MIN_CHANNELS_BY_CLASS[cpu_class()]
+    with pytest.raises(ValueError, match="isa must be one of baseline, avx2, avx512, avx512_bf16, amx, got 'neon'"):
+        min_channels("neon")
+
+
+@pytest.mark.parametrize("cpu, floor, layers", [
+    ("zen3", 128, ["layer2.0.conv2", "layer2.1.conv1", "layer2.1.conv2", "layer3.0.conv2", "layer3.1.conv1",
+                   "layer3.1.conv2"]),
+    ("skylake_x", 128, ["layer3.0.conv2", "layer3.1.conv1", "layer3.1.conv2"]),
+])
+def test_deploy_takes_the_floor_of_the_cpu_class(monkeypatch, pretend_cpu, randomize, cpu, floor, layers):
+    # A lower AVX2 floor (as a measurement may set it) reaches deploy() on an AVX2 CPU only.
+    monkeypatch.setitem(MIN_CHANNELS_BY_CLASS, "avx2", floor)
+    pretend_cpu(cpu)
+    model = randomize(build_backbone("resnet18", out_strides=(8, 16)))
+    assert winograd_layers(deploy(model)) == layers
 
 
 def winograd_layers(model):
@@ -111,6 +138,7 @@ def winograd_layers(model):
 
 
 def test_deploy_routes_wide_3x3_layers_in_fp32_only(monkeypatch, randomize):
+    monkeypatch.setitem(MIN_CHANNELS_BY_CLASS, cpu_class(), 256)  # the layers below are those of a 256 floor
     model = randomize(build_backbone("resnet18", out_strides=(8, 16)))
     fast = deploy(model)
     assert winograd_layers(fast) == ["layer3.0.conv2", "layer3.1.conv1", "layer3.1.conv2"], "on by default"
@@ -125,17 +153,17 @@ def test_deploy_routes_wide_3x3_layers_in_fp32_only(monkeypatch, randomize):
     assert all(rel_err(o, r.double()) < 1e-4 for o, r in zip(out, ref))
     assert winograd_layers(deploy(model, winograd=False)) == []
     assert winograd_layers(deploy(fast, winograd=False)) == [], "deploying again must honour the new setting"
-    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if BF16_OK:
         assert winograd_layers(deploy(model, dtype=torch.bfloat16, winograd=True)) == []
     with pytest.raises(TypeError, match="winograd must be a bool"):
         deploy(model, winograd="yes")
 
 
 def test_weight_changed_in_place_is_transformed_again():
-    conv = nn.Conv2d(MIN_CHANNELS, MIN_CHANNELS, 3, padding=1)
+    conv = nn.Conv2d(min_channels(), min_channels(), 3, padding=1)
     fast = deploy(conv, winograd=True)
     assert fast.winograd
-    x = torch.randn(1, MIN_CHANNELS, 9, 9)
+    x = torch.randn(1, min_channels(), 9, 9)
     with torch.no_grad():
         fast(x)
         fast.weight.mul_(-2)
