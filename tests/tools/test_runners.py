@@ -14,6 +14,7 @@ from tools.runtime import runners
 from tools.runtime.runners import load_runner, onnx_is_quantized, openvino_is_quantized
 from tools.runtime.export import add_onnx_metadata, export_onnx, export_openvino
 
+from tests.backbones.cpus import pretend_cpu  # noqa: F401
 from tests.tools.fixtures import single_thread  # noqa: F401
 
 pytest.importorskip("onnxruntime")
@@ -191,6 +192,25 @@ def test_bad_inputs_name_the_file(files, tmp_path, monkeypatch):
     monkeypatch.setattr(runners, "cpu_supports_bf16", lambda engine="torch": False)
     with pytest.raises(ValueError, match="tiny.xml.*no native bf16.*--precision fp32 or int8"):
         load_runner(xml_path, engine="openvino", precision="bf16")
+
+
+def test_bf16_on_a_cpu_without_it_names_its_class(files, pretend_cpu, monkeypatch):
+    model, _, xml_path = files
+    pretend_cpu("zen3")
+    assert not runners.cpu_supports_bf16("openvino") and not runners.cpu_supports_bf16("torch")
+    for engine, source in (("openvino", xml_path), ("torch", model)):
+        with pytest.raises(ValueError) as info:
+            load_runner(source, engine=engine, precision="bf16")
+        message = str(info.value)
+        assert "\n" not in message and message.startswith("precision bf16 for ")
+        assert f"class avx2) has no native bf16 (no AVX-512 BF16, no AMX), so {engine} would emulate" in message
+        assert message.endswith("use --precision fp32 or int8")
+    pretend_cpu("zen4")
+    assert runners.cpu_supports_bf16("openvino") and runners.cpu_supports_bf16("torch")
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)  # OpenVINO has its own kernels
+    assert runners.cpu_supports_bf16("openvino") and not runners.cpu_supports_bf16("torch")
+    with pytest.raises(ValueError, match="engine must be one of torch, onnxruntime, openvino, got 'tensorrt'"):
+        runners.cpu_supports_bf16("tensorrt")
 
 
 @pytest.mark.parametrize("package, engine", [("onnxruntime", "onnxruntime"), ("openvino", "openvino")])

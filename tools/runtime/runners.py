@@ -6,7 +6,8 @@ source is: a training checkpoint, an ``nn.Module`` (a ``deploy()``-ed copy inclu
 (``.ts``), an ONNX file (``.onnx``, run by ONNX Runtime or OpenVINO) or an OpenVINO IR (``.xml`` + ``.bin``).
 
 Precisions: ``fp32``; ``bf16`` (OpenVINO's ``INFERENCE_PRECISION_HINT``, or ``deploy(dtype=torch.bfloat16)``
-for torch; needs a CPU with AVX-512 BF16 or AMX); ``int8`` (a file quantized by :mod:`tools.runtime.quantize`).
+for torch; needs a CPU of class ``avx512_bf16`` or ``amx``, see :mod:`backbones.machine`); ``int8`` (a file
+quantized by :mod:`tools.runtime.quantize`).
 ``precision=None`` takes what the file holds: ``int8`` when it contains quantized operators, the precision an
 IR records (``tools.export --format openvino --precision bf16``), else ``fp32``. OpenVINO is always given an
 explicit precision hint: on a CPU with bf16 support its default would silently run an fp32 model in bf16.
@@ -28,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from backbones.machine import lacks_native_bf16
+
 from .export import METADATA_KEY, export_for_runtime, first_conv_channels, output_names
 from .extras import require
 
@@ -46,17 +49,18 @@ Output = Union[torch.Tensor, List[torch.Tensor]]
 
 
 def cpu_supports_bf16(engine: str = "torch") -> bool:
-    """Whether this CPU computes in bf16 natively (AVX-512 BF16 or AMX), as ``engine`` detects it."""
-    if engine == "openvino":
-        ov = require("openvino", "the OpenVINO engine")
-        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    """Whether ``engine`` computes bf16 natively on this CPU: its class (:mod:`backbones.machine`) is
+    ``avx512_bf16`` or ``amx``, and for torch PyTorch has oneDNN (OpenVINO brings its own)."""
+    if engine not in RUNTIMES:
+        raise ValueError(f"engine must be one of {', '.join(RUNTIMES)}, got {engine!r}")
+    return not lacks_native_bf16(onednn=engine == "torch")
 
 
 def _check_bf16_cpu(engine: str, what: str) -> None:
     if not cpu_supports_bf16(engine):
-        raise ValueError(f"precision bf16 for {what}: this CPU has no native bf16 (AVX-512 BF16 or AMX), "
-                         f"so {engine} would emulate it slowly or not at all; use --precision fp32 or int8")
+        lacks = lacks_native_bf16(onednn=engine == "torch") or "this CPU has no native bf16"
+        raise ValueError(f"precision bf16 for {what}: {lacks}, so {engine} would emulate it slowly or not at all; "
+                         f"use --precision fp32 or int8")
 
 
 class Runner:
