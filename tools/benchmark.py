@@ -8,6 +8,7 @@ Examples::
     python -m tools.benchmark --models resnet18+fpn,resnet50+deeplabv3plus --output-stride 16
     python -m tools.benchmark --mode train --models resnet50 --output-stride 8 --size 512x512 --batch 2 \\
         --train-variants eager,checkpoint
+    python -m tools.benchmark --info     # this machine's CPU class and what it means here; times nothing
 
 Inference mode prints, per model, one row per candidate: this project's eager model, its ``deploy()`` copy in
 each requested precision (``--engines torch``), the same model exported to ONNX and run by ONNX Runtime and
@@ -20,7 +21,9 @@ convolutions, the fraction of the machine's peak for the row's precision (the fa
 and peak tensor memory (PyTorch rows). Every candidate runs under ``torch.inference_mode()`` with the same number
 of threads; repetitions are interleaved round-robin so a busy machine slows all candidates alike. Training mode
 times full steps (forward, loss, backward, SGD) of each variant (``checkpoint``, ``channels_last``, ``bf16``
-autocast, or '+' combinations). See ``tools/bench/profiling.py`` for how FLOPs and memory are counted.
+autocast, or '+' combinations). See ``tools/bench/profiling.py`` for how FLOPs and memory are counted. Every
+table starts with the machine it ran on (CPU, instruction-set class from :mod:`backbones.machine`, threads,
+torch, CUDA device); ``--json`` records the same, with the CPU's flags and VNNI.
 """
 
 from __future__ import annotations
@@ -32,12 +35,14 @@ from typing import List, Optional
 
 import torch
 
+from backbones.machine import machine_info
+
 from .bench.runtimes import RUNTIMES, check_runtimes
 from .bench.inference import run_inference
 from .bench.memory import reuse_freed_memory
 from .bench.peers import PEERS
 from .bench.profiling import parse_size
-from .bench.report import format_result, load_average, machine
+from .bench.report import format_machine, format_result, load_average, machine
 from .bench.training import run_training, train_flags
 from .engine.cli import add_list_argument, run_cli
 
@@ -78,12 +83,18 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="keep freed memory in the process (tools.bench.memory.reuse_freed_memory), for every "
                         "candidate")
     p.add_argument("--json", default=None, help="also write all numbers to this file")
+    p.add_argument("--info", action="store_true",
+                   help="print this machine's CPU class and what it means here (--amp auto, bf16, int8 VNNI, "
+                        "Winograd), then exit without timing anything")
     return p.parse_args(argv)
 
 
 def run(argv: Optional[List[str]] = None) -> int:
     """Time every model as ``argv`` says and print one table each; returns the exit status."""
     args = parse_args(argv)
+    if args.info:
+        print(format_machine(machine_info()))
+        return 0
     size = parse_size(args.size)
     for v in args.train_variants:
         train_flags(v)
@@ -104,7 +115,7 @@ def run(argv: Optional[List[str]] = None) -> int:
     info["allocator"] = allocator
     start_load = load_average()
     print(f"dense-backbones benchmark  mode={args.mode}  device={device}  cpu={info['cpu']} "
-          f"({info['cpu_capability']}, {info['threads']} torch threads)  torch {info['torch']}  "
+          f"({machine_info().isa_summary()}, {info['threads']} torch threads)  torch {info['torch']}  "
           f"reps={args.reps} warmup={args.warmup}  allocator: {allocator}  load average {start_load}")
     results = []
     for spec in args.models:

@@ -1,5 +1,6 @@
 """The benchmark tool on tiny inputs: table contents, peers on the same weights, skipped peers, engine rows,
-the peak column, bad input. No timing is asserted."""
+the peak column, the machine (CPU class) on every table and in the JSON, --info, bad input. No timing is
+asserted."""
 
 import importlib.util
 import json
@@ -9,12 +10,17 @@ import pytest
 
 import torch
 
+import tools.benchmark as benchmark
+from backbones.machine import machine_info
 from tools.bench.inference import run_inference
 from tools.bench.report import format_result
 from tools.bench.training import run_training
 from tools.benchmark import main
+from tools.runtime.runners import cpu_supports_bf16
 from tools.bench.peak import peak_rates
 from tools.bench.peers import PeerUnavailable, build_peer
+
+from tests.backbones.cpus import pretend_cpu  # noqa: F401
 
 TINY = dict(size=(64, 96), batch=1, device=torch.device("cpu"), reps=1, warmup=0)
 
@@ -76,10 +82,13 @@ def test_engines_join_the_table_for_a_segmentation_model():
     result = run_inference("resnet18+fcn", precisions=["fp32", "bf16", "int8"], output_stride=16, peers=(),
                            engines=("torch", "onnxruntime", "openvino"), **TINY)
     rows = model_rows(result)
-    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    bf16 = cpu_supports_bf16("torch")
     expected = {"dense eager", "dense deploy fp32", "onnxruntime fp32", "onnxruntime int8", "openvino fp32",
-                "openvino int8"} | ({"dense deploy bf16", "openvino bf16"} if bf16 else set())
+                "openvino int8"} | ({"dense deploy bf16"} if bf16 else set()) | (
+        {"openvino bf16"} if cpu_supports_bf16("openvino") else set())
     assert set(rows) == expected
+    if not bf16:  # the class decides, and the note says what the CPU lacks
+        assert f"dense deploy bf16: skipped, deploy dtype=torch.bfloat16: this CPU" in " ".join(result["notes"])
     notes = " ".join(result["notes"])
     # fp32 engines run the same network (checked before timing); the pairs an engine cannot run are named.
     assert "differs" not in notes and "onnxruntime bf16: skipped" in notes and "dense deploy int8: skipped" in notes
@@ -134,7 +143,18 @@ def test_training_table():
         assert r["memory_vs_base"] == pytest.approx(r["peak_mib"] / rows["eager"]["peak_mib"])
         assert r["peak_mib"] > 0 and r["images_per_s"] == pytest.approx(2e3 / r["median_ms"])
         assert r["min_ms"] <= r["median_ms"] <= r["max_ms"]
-    assert "images/s" in format_result(result)
+    text = format_result(result)
+    assert "images/s" in text
+    assert text.splitlines()[1] == f"machine: {machine_info().describe()}" and result["machine"] in text
+
+
+def test_every_table_starts_with_the_machine_and_its_class(pretend_cpu):
+    pretend_cpu("sapphire_rapids")
+    result = run_inference("resnet18", precisions=["fp32"], output_stride=32, peers=(), **TINY)
+    lines = format_result(result).splitlines()
+    assert lines[0] == "" and lines[1].startswith("machine: Intel(R) Xeon(R) Platinum 8480+ (amx: AVX-512, ")
+    assert lines[2].startswith("resnet18  input 1x3x64x96")
+    assert result["machine"] == machine_info().describe() and "\n" not in result["machine"]
 
 
 def test_command_line_writes_json(tmp_path, capsys):
@@ -143,12 +163,38 @@ def test_command_line_writes_json(tmp_path, capsys):
                  "--dtype", "fp32", "--json", str(path)]) == 0
     out = capsys.readouterr().out
     assert "torch threads" in out and "load average" in out
+    info = machine_info()
+    assert f"({info.isa_summary()}, " in out.splitlines()[0] and f"machine: {info.describe()}" in out
     report = json.loads(path.read_text())
     assert report["machine"]["threads"] >= 1 and report["results"][0]["model"] == "resnet18"
+    # The CPU class, its flags and VNNI, the CUDA device: in the JSON's machine record and on each result.
+    recorded = report["machine"]
+    assert (recorded["cpu_class"], recorded["vnni"], recorded["flags"], recorded["cuda_device"]) == (
+        info.isa, info.vnni, list(info.flags), info.cuda_device)
+    assert recorded["description"] == info.describe() == report["results"][0]["machine"]
     assert report["load_start"] and report["load_end"]
     # --dtype still names the deploy precisions; --peers none leaves the peers out.
     rows = {r["candidate"] for r in report["results"][0]["rows"]}
     assert "dense deploy fp32" in rows and not rows & {"torchvision ILG", "timm features_only", "smp encoder"}
+
+
+@pytest.mark.parametrize("cpu, expected", [
+    ("zen3", ["AMD EPYC 7B13 (avx2: AVX2+FMA, no AVX-512, no bf16, no VNNI), ",
+              "training --amp auto: fp32, since this CPU (AMD EPYC 7B13, class avx2) has no native bf16",
+              "--precision bf16 on torch: refused", "OpenVINO bf16 (--engine openvino --precision bf16): refused",
+              "int8 (onnxruntime, openvino): no VNNI", ">= 256 input and output channels"]),
+    ("zen4", ["(avx512_bf16: AVX-512, AVX-512 BF16, AVX-512 VNNI)", "training --amp auto: bf16 autocast",
+              "--precision bf16 on torch: available", "OpenVINO bf16 (--engine openvino --precision bf16): available",
+              "int8 (onnxruntime, openvino): VNNI int8 dot products (AVX-512 VNNI)"]),
+])
+def test_info_prints_the_machine_and_times_nothing(pretend_cpu, monkeypatch, capsys, cpu, expected):
+    pretend_cpu(cpu)
+    for name in ("run_inference", "run_training"):
+        monkeypatch.setattr(benchmark, name, lambda *a, **k: pytest.fail("--info must not time anything"))
+    assert main(["--info"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == machine_info().describe()
+    assert all(e in out for e in expected), out
 
 
 @pytest.mark.parametrize("argv, message", [

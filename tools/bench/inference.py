@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 import torch
 
 from backbones import deploy
+from backbones.machine import machine_info
 from backbones.winograd import release_workspace
 
 from .runtimes import runtime_candidates
@@ -120,8 +121,8 @@ def run_inference(spec: str, *, size: Tuple[int, int], batch: int, precisions: S
                      "speedup": None if is_gemm else timings[ref].median / t.median, "gflops": rates[name] / 1e9,
                      "peak_fraction": None if peak is None else rates[name] / peak[0],
                      "peak_mib": memory[name] / MIB if name in memory else None})
-    return {"model": spec, "mode": "infer", "input_shape": list(shape), "output_stride": output_stride,
-            "conv_gflop": flops / 1e9, "reference": ref, "rows": rows, "notes": notes,
+    return {"model": spec, "mode": "infer", "machine": machine_info().describe(), "input_shape": list(shape),
+            "output_stride": output_stride, "conv_gflop": flops / 1e9, "reference": ref, "rows": rows, "notes": notes,
             "peaks": {p: {"gflops": rate / 1e9, "gemm": label} for p, (rate, label) in peaks.items()}}
 
 

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import os
-import platform
 from typing import Any, Dict
 
 import torch
 
+from backbones.machine import MachineInfo, lacks_native_bf16, machine_info
+from backbones.winograd import min_channels
+
 from .profiling import MIB, ModelCost
 
-__all__ = ["format_result", "format_cost", "machine", "load_average"]
+__all__ = ["format_result", "format_cost", "format_machine", "machine", "load_average"]
 
 
 def format_result(result: Dict[str, Any]) -> str:
-    """The table for one model."""
+    """The table for one model, headed by the machine it ran on (``result["machine"]``, where recorded)."""
     shape = "x".join(map(str, result["input_shape"]))
-    lines = [f"\n{result['model']}  input {shape}  output stride {result['output_stride']}"]
+    lines = [f"{result['model']}  input {shape}  output stride {result['output_stride']}"]
     if result["mode"] == "infer":
         lines[0] += f"  ({result['conv_gflop']:.1f} GFLOP of convolutions)  speedup vs {result['reference']}"
         peaks = result.get("peaks", {})
@@ -38,19 +40,49 @@ def format_result(result: Dict[str, Any]) -> str:
     fmt = lambda c: "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(c, widths)))
     lines += [fmt(header), fmt(tuple("-" * w for w in widths))] + [fmt(c) for c in cells]
     lines += [f"note: {n}" for n in result["notes"]]
-    return "\n".join(lines)
+    if result.get("machine"):
+        lines.insert(0, f"machine: {result['machine']}")
+    return "\n" + "\n".join(lines)
 
 
 def machine() -> Dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu,
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpus": os.cpu_count(),
-            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    """What the benchmark's JSON records about the machine: :class:`backbones.machine.MachineInfo`'s fields
+    (CPU class, flags, VNNI, CUDA device...), its one-line description, PyTorch's threads and dispatch level."""
+    info = machine_info()
+    out = info.to_dict()
+    out.update(cpu_class=out.pop("isa"), torch=torch.__version__, threads=torch.get_num_threads(),
+               cpu_capability=torch.backends.cpu.get_cpu_capability(), cuda=info.cuda_device,
+               description=info.describe())
+    return out
+
+
+def format_machine(info: MachineInfo) -> str:
+    """``dense-benchmark --info``: the machine's description and what its CPU class means for this project."""
+    isa = info.isa
+    lacks = lacks_native_bf16()
+    lacks_ov = lacks_native_bf16(onednn=False)
+    vnni = ("AVX-512 VNNI" if "avx512_vnni" in info.flags else "AVX-VNNI") if info.vnni else ""
+    simd = {"baseline": "plain SIMD", "avx2": "AVX2"}.get(isa, "AVX-512")
+    lines = [info.describe(),
+             f"cpu flags ({info.flags_source}): {' '.join(info.flags) or 'none of AVX, AVX2, FMA, AVX-512, AMX'}",
+             f"what class {isa} means here:",
+             "  training --amp auto: " + ("bf16 autocast + channels_last" if not lacks else f"fp32, since {lacks}"),
+             "  deploy(dtype=torch.bfloat16), --precision bf16 on torch: " + ("available" if not lacks else
+                                                                               "refused (bf16 would be emulated)"),
+             "  OpenVINO bf16 (--engine openvino --precision bf16): " + ("available" if not lacks_ov else
+                                                                          "refused (bf16 would be emulated)"),
+             "  int8 (onnxruntime, openvino): " + (f"VNNI int8 dot products ({vnni})" if vnni else
+                                                   f"no VNNI, so int8 runs on {simd} 8-bit multiply-adds, without "
+                                                   f"the int8 dot-product instructions"),
+             f"  deploy() Winograd: fp32 3x3 stride-1 convolutions with >= {min_channels(isa)} input and output "
+             f"channels"]
+    if info.cuda_device is not None:
+        major, minor = info.cuda_capability or (0, 0)
+        lines.append(f"  CUDA {info.cuda_device}: --amp auto picks " + ("bf16" if (major, minor) >= (8, 0) else
+                                                                        "fp32 (bf16 needs compute capability 8.0)"))
+    else:
+        lines.append("  CUDA: not available")
+    return "\n".join(lines)
 
 
 def load_average() -> str:

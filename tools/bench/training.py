@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from backbones.machine import machine_info
+
 from .models import NUM_CLASSES, build, check_size
 from .profiling import MIB, peak_tensor_memory, time_round_robin
 
@@ -41,8 +43,8 @@ def run_training(spec: str, *, size: Tuple[int, int], batch: int, variants: Sequ
         rows.append({"candidate": name, "median_ms": 1e3 * t.median, "min_ms": 1e3 * t.min, "max_ms": 1e3 * t.max,
                      "images_per_s": batch / t.median, "peak_mib": memory[name] / MIB,
                      "time_vs_base": t.median / timings[base].median, "memory_vs_base": memory[name] / memory[base]})
-    return {"model": spec, "mode": "train", "input_shape": list(shape), "output_stride": output_stride,
-            "reference": base, "rows": rows, "notes": []}
+    return {"model": spec, "mode": "train", "machine": machine_info().describe(), "input_shape": list(shape),
+            "output_stride": output_stride, "reference": base, "rows": rows, "notes": []}
 
 
 def train_flags(variant: str) -> List[str]:
