@@ -23,6 +23,7 @@ from tools.engine.checkpoint import load_checkpoint
 from tools.tasks.segmentation.losses import SegLoss
 from tools.train_seg import build_parser, main, run
 
+from tests.backbones.cpus import pretend_cpu  # noqa: F401
 from tests.tools.fixtures import single_thread, subprocess_env, tiny_run_args, write_folder  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
@@ -301,6 +302,18 @@ def test_amp_auto_is_resolved_printed_and_saved(tmp_path, monkeypatch, capsys):
     run(["--resume", str(tmp_path / "auto"), "--iters", "2"])
     config = load_checkpoint(tmp_path / "auto" / "last.pt")["config"]
     assert (config["amp"], config["channels_last"]) == ("bf16", True)
+
+
+def test_amp_bf16_on_a_cpu_without_it_is_one_warning_line_and_trains(tmp_path, pretend_cpu, capsys):
+    pretend_cpu("zen3")
+    run(tiny_run_args(tmp_path, "emulated", "--amp", "bf16", "--iters", "1"))
+    captured = capsys.readouterr()
+    warned = [line for line in captured.err.splitlines() if "--amp bf16" in line]
+    assert warned == [
+        "warning: --amp bf16: this CPU (AMD EPYC 7B13, class avx2) has no native bf16 (no AVX-512 BF16, no AMX), so "
+        "autocast emulates bf16, slower than fp32; --amp none (or auto, which picks fp32 here) is faster"]
+    assert "bf16 autocast + channels_last" in captured.out  # the run kept the asked precision
+    assert (tmp_path / "emulated" / "last.pt").is_file()
 
 
 def test_options_run_together(tmp_path):
