@@ -25,7 +25,7 @@ def test_flag_sets_classify_as_their_generation(cpu):
     assert (isa_class(flags), has_vnni(flags)) == EXPECTED[cpu]
 
 
-def test_every_class_is_reached_and_ordered():
+def test_every_class_is_reached():
     assert set(ISA_CLASSES) == {cls for cls, _ in EXPECTED.values()}
     assert set(BF16_CLASSES) < set(ISA_CLASSES)
     # a partial AVX-512 (Knights Landing's F + CD, no BW/VL/DQ) is not the class PyTorch's AVX512 kernels need

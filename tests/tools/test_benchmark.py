@@ -88,7 +88,7 @@ def test_engines_join_the_table_for_a_segmentation_model():
         {"openvino bf16"} if cpu_supports_bf16("openvino") else set())
     assert set(rows) == expected
     if not bf16:  # the class decides, and the note says what the CPU lacks
-        assert f"dense deploy bf16: skipped, deploy dtype=torch.bfloat16: this CPU" in " ".join(result["notes"])
+        assert "dense deploy bf16: skipped, deploy dtype=torch.bfloat16: this CPU" in " ".join(result["notes"])
     notes = " ".join(result["notes"])
     # fp32 engines run the same network (checked before timing); the pairs an engine cannot run are named.
     assert "differs" not in notes and "onnxruntime bf16: skipped" in notes and "dense deploy int8: skipped" in notes
