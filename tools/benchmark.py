@@ -6,6 +6,7 @@ Examples::
     python -m tools.benchmark --models resnet18+fpn --engines torch,onnxruntime,openvino --precision fp32,bf16,int8
     python -m tools.benchmark --models resnet50 --output-stride 8 --size 512x512 --batch 4
     python -m tools.benchmark --models resnet18+fpn,resnet50+deeplabv3plus --output-stride 16
+    python -m tools.benchmark --models resnet18+fcos,resnet50+retinanet --size 512x512 --engines torch,onnxruntime
     python -m tools.benchmark --mode train --models resnet50 --output-stride 8 --size 512x512 --batch 2 \\
         --train-variants eager,checkpoint
     python -m tools.benchmark --info     # this machine's CPU class and what it means here; times nothing
@@ -38,6 +39,7 @@ import torch
 from backbones.machine import machine_info
 
 from .bench.runtimes import RUNTIMES, check_runtimes
+from .bench.detection import is_detector_spec, run_detection_inference
 from .bench.inference import run_inference
 from .bench.memory import reuse_freed_memory
 from .bench.peers import PEERS
@@ -55,7 +57,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tools.benchmark", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_list_argument(p, "--models", default=["resnet18", "resnet50"],
-                      help="backbones, or backbone+head for a segmentation model (comma- or space-separated)")
+                      help="backbones, backbone+head for a segmentation model, backbone+detector (retinanet, fcos, "
+                           "fasterrcnn) for a detector (comma- or space-separated)")
     p.add_argument("--size", default="512x1024", help="input HxW")
     p.add_argument("--batch", type=int, default=1)
     add_list_argument(p, "--precision", "--dtype", dest="precision", default=["fp32"], choices=PRECISIONS,
@@ -121,7 +124,10 @@ def run(argv: Optional[List[str]] = None) -> int:
     for spec in args.models:
         common = dict(size=size, batch=args.batch, output_stride=args.output_stride, device=device,
                       reps=args.reps, warmup=args.warmup)
-        if args.mode == "infer":
+        if args.mode == "infer" and is_detector_spec(spec):
+            result = run_detection_inference(spec, size=size, batch=args.batch, device=device, reps=args.reps,
+                                             warmup=args.warmup, engines=args.engines)
+        elif args.mode == "infer":
             peers = [] if "none" in args.peers else args.peers
             result = run_inference(spec, precisions=args.precision, engines=args.engines, peers=peers,
                                    ablation=args.ablation, compile=args.compile, **common)

@@ -211,3 +211,18 @@ def test_command_line_bad_input(argv, message, capsys):
         main(argv + ["--reps", "1", "--warmup", "0"])
     assert exit_info.value.code != 0
     assert message in capsys.readouterr().err
+
+
+@needs_engines
+def test_detector_rows_eager_deployed_backbone_and_onnxruntime():
+    from tools.bench.detection import run_detection_inference
+
+    result = run_detection_inference("resnet18+fcos", size=(64, 96), batch=1, device=torch.device("cpu"), reps=1,
+                                     warmup=0, engines=("torch", "onnxruntime", "openvino"))
+    rows = model_rows(result)
+    assert set(rows) == {"dense eager", "dense deploy fp32 (backbone)", "onnxruntime fp32"}
+    assert rows["dense eager"]["speedup"] == pytest.approx(1.0) and result["conv_gflop"] > 0
+    assert rows["dense eager"]["peak_mib"] > 0 and rows["onnxruntime fp32"]["peak_mib"] is None
+    assert "openvino: skipped" in " ".join(result["notes"])
+    text = format_result(result)
+    assert "resnet18+fcos" in text and "onnxruntime fp32" in text and text.startswith("machine: ")

@@ -62,8 +62,8 @@ def test_predict_draws_boxes_and_lists_them(best, tmp_path):
     assert first["class"] == ["rectangle", "ellipse", "triangle", "cross"][first["label"] - 1]
     scores = [d["score"] for d in listing["detections"]]
     assert scores == sorted(scores, reverse=True)
-    strict = predict.run(["--checkpoint", str(best), str(tmp_path / "in"), "--output", str(tmp_path / "strict"),
-                          "--score-thresh", str(scores[0])])
+    predict.run(["--checkpoint", str(best), str(tmp_path / "in"), "--output", str(tmp_path / "strict"),
+                "--score-thresh", str(scores[0])])
     kept = json.loads((tmp_path / "strict" / "img0.json").read_text())["detections"]
     assert all(d["score"] >= scores[0] for d in kept) and len(kept) < len(scores)
     image = np.asarray(__import__("cv2").imread(str(written[0])))

@@ -138,3 +138,13 @@ def test_a_class_count_that_differs_from_the_checkpoint_is_refused(tmp_path, str
         eval_seg.run(["--checkpoint", str(det_dir / "best.pt"), "--dataset", "voc"])
     with pytest.raises(ValueError, match=r"is a detector: --flip apply to segmentation checkpoints only"):
         eval_seg.run(["--checkpoint", str(det_dir / "best.pt"), "--flip"])
+
+
+DET_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "detection").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", DET_CONFIGS, ids=lambda p: p.name)
+def test_detection_configs_hold_only_known_keys_and_valid_values(path):
+    from tools.engine.config import load_config_file
+
+    assert load_config_file(path, build_parser())

@@ -11,14 +11,14 @@ import argparse
 import difflib
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Set, Union
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Sequence, Set, Union
 
 import yaml
 
 from .cli import is_list_action
 
-__all__ = ["parse_config", "load_config_file", "explicit_dests", "save_config", "to_plain", "yaml_mapping",
-           "load_yaml"]
+__all__ = ["parse_config", "load_config_file", "explicit_dests", "flag_defaults", "save_config", "to_plain",
+           "yaml_mapping", "load_yaml"]
 
 _SENTINEL = object()
 _BOOL_ACTIONS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse.BooleanOptionalAction)
@@ -182,6 +182,13 @@ def parse_config(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]] 
     if path:
         parser.set_defaults(**load_config_file(path, parser, exclude=(config_dest,)))
     return parser.parse_args(argv)
+
+
+def flag_defaults(add_flags: Callable[[argparse.ArgumentParser], None]) -> Dict[str, Any]:
+    """``{dest: default}`` of the flags ``add_flags`` declares (e.g. a task's model options)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_flags(parser)
+    return {a.dest: a.default for a in parser._actions}
 
 
 def to_plain(value: Any) -> Any:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .checkpoint import check_model_state
 from .distributed import DistInfo
 
 __all__ = ["Task", "Evaluation", "Loaders"]
@@ -108,8 +109,18 @@ class Task:
 
     def check_resume(self, checkpoint: Mapping[str, Any], cfg: Mapping[str, Any], model: nn.Module,
                      train_ds: Dataset, where: str) -> None:
-        """Raise ``ValueError`` when ``checkpoint`` cannot continue as the run ``cfg`` describes."""
-        raise NotImplementedError
+        """Raise ``ValueError`` when ``checkpoint`` cannot continue as the run ``cfg`` describes: other classes,
+        other model options, or weights that do not fit ``model``."""
+        saved, classes = checkpoint["config"], list(train_ds.classes)
+        saved_classes = list(checkpoint.get("classes", []))
+        if saved_classes != classes:
+            raise ValueError(f"checkpoint {where} was trained on {len(saved_classes)} classes {saved_classes[:6]}..., "
+                             f"but dataset {cfg['dataset']!r} has {len(classes)}: {classes[:6]}...")
+        changed = [k for k in self.model_keys if saved.get(k) != cfg.get(k)]
+        if changed:
+            raise ValueError(f"checkpoint {where} holds {self.describe_model(saved)}; the model options "
+                             f"{', '.join(f'{k}={cfg.get(k)!r} (saved {saved.get(k)!r})' for k in changed)} differ")
+        check_model_state(model, checkpoint["model"], where=where)
 
     # ------------------------------------------------------------------------------------------- steps
 

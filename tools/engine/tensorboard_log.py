@@ -52,6 +52,8 @@ class BoardWriter:
             for key in ("loss", "lr", "sec_per_iter"):
                 if entry.get(key) is not None:
                     self.writer.add_scalar(f"train/{key}", entry[key], step)
+            for name, value in (entry.get("losses") or {}).items():  # a task's named loss parts
+                self.writer.add_scalar(f"train_loss/{name}", value, step)
         elif entry.get("type") == "val":
             for key in (*self.val_scalars, "eval_sec"):
                 if entry.get(key) is not None:

@@ -24,9 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
-
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
 
 from . import distributed as dist_utils
 from .checkpoint import FORMAT_VERSION, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -78,6 +77,7 @@ class RunState:
     started: float = field(default_factory=time.perf_counter)
     window_loss: float = 0.0
     window_count: int = 0
+    window_parts: Dict[str, float] = field(default_factory=dict)  # sums of the loss's named parts, if any
     window_timed: int = 0  # iterations of the window this process timed (a resumed window's first part was not)
     # The training clock: a log window's time is window_seconds (before an evaluation paused it) plus the time
     # since window_start; evaluations are counted apart.
@@ -205,7 +205,9 @@ def _restore(state: RunState, checkpoint: Mapping[str, Any], where: str) -> None
     state.iteration = state.last_saved = checkpoint["iteration"]
     state.best_score, state.last_val = checkpoint[state.task.best_key], checkpoint.get("metrics")
     # the losses of a log window that a checkpoint cut in two (older checkpoints: start a new window)
-    state.window_loss, state.window_count = checkpoint.get("log_window", (0.0, 0))
+    window = list(checkpoint.get("log_window", (0.0, 0)))
+    state.window_loss, state.window_count = window[:2]
+    state.window_parts = dict(window[2]) if len(window) > 2 else {}
     if state.iteration >= state.max_iters:
         raise ValueError(f"checkpoint {where} is at iteration {state.iteration}, the run's end "
                          f"(iters={state.max_iters}); pass a larger --iters to train further")
@@ -218,7 +220,7 @@ def _restore(state: RunState, checkpoint: Mapping[str, Any], where: str) -> None
 def train_step(state: RunState, inputs: Any, targets: Any) -> float:
     """One optimizer step on a batch; returns the loss averaged over processes. A non-finite loss stops the run."""
     inputs, targets = state.task.to_device(inputs, targets, state.device, state.cfg["channels_last"])
-    loss, _ = state.task.loss(state.ddp, state.criterion, inputs, targets, state.cfg)
+    loss, parts = state.task.loss(state.ddp, state.criterion, inputs, targets, state.cfg)
     loss_value = loss.detach().clone()
     if state.info.distributed:
         torch.distributed.all_reduce(loss_value)  # also spreads a NaN to every process
@@ -239,6 +241,8 @@ def train_step(state: RunState, inputs: Any, targets: Any) -> float:
     state.scaler.update()
     state.scheduler.step()
     state.iteration += 1
+    for name, part in parts.items():  # this process's parts: a log of their trend, not an exact global mean
+        state.window_parts[name] = state.window_parts.get(name, 0.0) + part
     return value
 
 
@@ -278,12 +282,14 @@ def log_step(state: RunState, loss: float) -> None:
     entry = {"type": "train", "iter": state.iteration, "epoch": round(state.iteration / state.iters_per_epoch, 3),
              "loss": state.window_loss / state.window_count, "lr": lr, "sec_per_iter": per_iter, "eta_sec": eta,
              "evals_left": evals_left}
+    if state.window_parts:
+        entry["losses"] = {k: v / state.window_count for k, v in state.window_parts.items()}
     state.log.record(entry)
     unknown = f" + {evals_left} eval{'s' if evals_left > 1 else ''}" \
         if state.last_eval_seconds is None and evals_left else ""
     state.log.print(f"iter {state.iteration}/{state.max_iters}  epoch {entry['epoch']:.2f}  loss {entry['loss']:.4f}"
                     f"  lr {lr:.2e}  {per_iter:.2f}s/it  eta {fmt_time(eta)}{unknown}")
-    state.window_loss, state.window_count, state.window_timed = 0.0, 0, 0
+    state.window_loss, state.window_count, state.window_timed, state.window_parts = 0.0, 0, 0, {}
     state.window_seconds, state.window_start = 0.0, now
 
 
@@ -297,7 +303,7 @@ def save(state: RunState, *, best: bool) -> None:
         save_checkpoint(state.run_dir / "last.pt", {
             **meta, "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
             "scaler": state.scaler.state_dict(), state.task.best_key: state.best_score, "rng": rng_state(),
-            "log_window": [state.window_loss, state.window_count]})
+            "log_window": [state.window_loss, state.window_count, state.window_parts]})
         if best:
             save_checkpoint(state.run_dir / "best.pt", meta)
     state.last_saved = state.iteration

@@ -29,25 +29,28 @@ PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48))
 # (relative to the image) all occur. The lower end keeps the smallest object about two cells of a stride-8 map,
 # the finest level of the usual detector pyramids, at the default image size.
 SIZE_RANGE = (0.12, 0.6)
+# How busy the background is (blotches, stripes, grain), 1 the fullest; see _background.
+CLUTTER = 1.0
 _MIN_VISIBLE = 0.6  # a placement that would hide more than 40% of an earlier object is drawn again
 _PLACEMENT_TRIES = 8
 _SUBPIXEL = 2  # OpenCV's fractional bits: vertices at 1/4 pixel, so small shapes keep their outline
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A float32 RGB texture: colour gradient + low-frequency blotches + stripes + grain, busy at every scale."""
+def _background(rng: np.random.Generator, size: int, clutter: float = 1.0) -> np.ndarray:
+    """A float32 RGB texture: colour gradient + low-frequency blotches + stripes + grain, busy at every scale;
+    ``clutter`` scales the blotches, stripes and grain (0: a plain gradient)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     angle = rng.uniform(0, np.pi)
     ramp = (np.cos(angle) * xx + np.sin(angle) * yy)[..., None]
     c0, c1 = rng.uniform(0, 255, 3).astype(np.float32), rng.uniform(0, 255, 3).astype(np.float32)
     img = c0 + (c1 - c0) * ramp
     grid = int(rng.integers(3, 9))
-    img += cv2.resize(rng.normal(0, rng.uniform(5, 20), (grid, grid, 3)).astype(np.float32), (size, size),
-                      interpolation=cv2.INTER_CUBIC)
+    img += clutter * cv2.resize(rng.normal(0, rng.uniform(5, 20), (grid, grid, 3)).astype(np.float32),
+                                (size, size), interpolation=cv2.INTER_CUBIC)
     freq, phase, theta = rng.uniform(8, 20), rng.uniform(0, 2 * np.pi), rng.uniform(0, np.pi)
     stripes = np.sin(2 * np.pi * freq * (np.cos(theta) * xx + np.sin(theta) * yy) + phase)
-    img += rng.uniform(10, 30) * stripes[..., None]
-    img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(rng.uniform(6, 14))
+    img += clutter * rng.uniform(10, 30) * stripes[..., None]
+    img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(clutter * rng.uniform(6, 14))
     return img
 
 
@@ -85,8 +88,17 @@ def _draw_shape(rng: np.random.Generator, kind: str, cx: float, cy: float, exten
     return region.astype(bool)
 
 
+def _class_colour(rng: np.random.Generator, label: int) -> np.ndarray:
+    """An RGB colour of class ``label``'s own hue sector (a quarter of the hue circle, centred on the class's
+    palette hue), with random saturation and brightness."""
+    hue = (label - 1) / len(DETECTION_SHAPES) + rng.uniform(-0.1, 0.1)
+    hsv = np.array([[[180 * (hue % 1.0), rng.uniform(150, 255), rng.uniform(110, 255)]]], np.float32)
+    return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+
+
 def make_instances(seed: int, split: str, index: int, *, size: int = 128, max_objects: int = 5,
-                   size_range: Tuple[float, float] = SIZE_RANGE) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   size_range: Tuple[float, float] = SIZE_RANGE, clutter: float = CLUTTER,
+                   class_hues: bool = False) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image and its objects, a pure function of ``(seed, split, index)``.
 
     Returns:
@@ -97,7 +109,7 @@ def make_instances(seed: int, split: str, index: int, *, size: int = 128, max_ob
         raise ValueError(f"synthetic split must be one of {', '.join(SPLITS)}, got {split!r}")
     # 10 + split: streams apart from the segmentation set's (which seeds (seed, split, index) with split 0..2)
     rng = np.random.default_rng([seed, 10 + SPLITS[split], index])
-    img = _background(rng, size)
+    img = _background(rng, size, clutter)
     owner = np.full((size, size), -1, np.int16)  # which object each pixel shows, -1 for background
     full_areas: List[int] = []
     labels: List[int] = []
@@ -119,7 +131,7 @@ def make_instances(seed: int, split: str, index: int, *, size: int = 128, max_ob
         # A colour far from what lies under the shape, so its outline always shows.
         local = img[inside].mean(0)
         for _ in range(10):
-            colour = rng.uniform(0, 255, 3).astype(np.float32)
+            colour = _class_colour(rng, label) if class_hues else rng.uniform(0, 255, 3).astype(np.float32)
             if np.linalg.norm(colour - local) > 90:
                 break
         texture = cv2.resize(rng.normal(0, 10, (4, 4, 3)).astype(np.float32), (size, size))
@@ -154,6 +166,7 @@ class SyntheticDetection(DetectionDataset):
         image_size: side of the square images.
         max_objects: each image holds 1 to ``max_objects`` objects.
         size_range: an object's extent is log-uniform in this fraction of ``image_size``.
+        clutter: how busy the background is, in [0, 1] (0: a plain colour gradient with faint grain).
         seed: the data seed; the same seed gives the same images everywhere.
         keep_empty: accepted for the common builder signature; every synthetic image holds an object.
 
@@ -161,8 +174,8 @@ class SyntheticDetection(DetectionDataset):
     """
 
     def __init__(self, *, split: str = "train", num_images: Optional[int] = None, image_size: int = IMAGE_SIZE,
-                 max_objects: int = 5, size_range: Tuple[float, float] = SIZE_RANGE, seed: int = 0,
-                 transform: Optional[DetectionTransform] = None, keep_empty: bool = True) -> None:
+                 max_objects: int = 5, size_range: Tuple[float, float] = SIZE_RANGE, clutter: float = CLUTTER,
+                 seed: int = 0, transform: Optional[DetectionTransform] = None, keep_empty: bool = True) -> None:
         super().__init__(classes=DETECTION_SHAPES, transform=transform, palette=PALETTE,
                          name=f"synthetic-det/{split}")
         del keep_empty
@@ -180,6 +193,9 @@ class SyntheticDetection(DetectionDataset):
         self.split, self.num_images, self.size, self.max_objects, self.seed = (
             split, num_images, image_size, max_objects, seed)
         self.size_range = (float(lo), float(hi))
+        if isinstance(clutter, bool) or not isinstance(clutter, (int, float)) or not 0 <= clutter <= 1:
+            raise ValueError(f"synthetic clutter must be a number in [0, 1], got {clutter!r}")
+        self.clutter = float(clutter)
 
     def __len__(self) -> int:
         return self.num_images
@@ -192,7 +208,7 @@ class SyntheticDetection(DetectionDataset):
         """``(image (H, W, 3) uint8, masks (K, H, W) bool visible pixels, labels (K,) int64 1..C)``."""
         self._check(index)
         return make_instances(self.seed, self.split, index, size=self.size, max_objects=self.max_objects,
-                              size_range=self.size_range)
+                              size_range=self.size_range, clutter=self.clutter)
 
     def load(self, index: int) -> Tuple[np.ndarray, Target]:
         image, masks, labels = self.load_instances(index)
@@ -212,8 +228,10 @@ class SyntheticDetection(DetectionDataset):
 def synthetic_detection(*, root: Union[str, None] = None, split: str = "train",
                         transform: Optional[DetectionTransform] = None, keep_empty: bool = True,
                         num_images: Optional[int] = None, image_size: int = IMAGE_SIZE, max_objects: int = 5,
-                        size_range: Tuple[float, float] = SIZE_RANGE, seed: int = 0) -> SyntheticDetection:
+                        size_range: Tuple[float, float] = SIZE_RANGE, clutter: float = CLUTTER, seed: int = 0
+                        ) -> SyntheticDetection:
     """The built-in shapes set (:class:`SyntheticDetection`); ``root`` is ignored: nothing is read from disk."""
     del root
     return SyntheticDetection(split=split, num_images=num_images, image_size=image_size, max_objects=max_objects,
-                              size_range=size_range, seed=seed, transform=transform, keep_empty=keep_empty)
+                              size_range=size_range, clutter=clutter, seed=seed, transform=transform,
+                              keep_empty=keep_empty)

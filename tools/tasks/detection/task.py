@@ -13,7 +13,7 @@ from torch import nn
 from ...data.detection import (DetectionDataset, build_detection_dataset, build_detection_eval_loader,
                                build_detection_train_loader, det_eval_transform, det_train_transform)
 from ...data.detection.synthetic import IMAGE_SIZE
-from ...engine.checkpoint import TASK_KEYS, check_model_state
+from ...engine.checkpoint import TASK_KEYS
 from ...engine.distributed import DistInfo
 from ...engine.precision import autocast
 from ...engine.task import Evaluation, Loaders, Task
@@ -79,19 +79,6 @@ class DetectionTask(Task):
     def checkpoint_meta(self, train_ds: DetectionDataset) -> Dict[str, Any]:
         return {"classes": list(train_ds.classes), "palette": train_ds.palette,
                 "category_ids": list(train_ds.category_ids)}
-
-    def check_resume(self, checkpoint: Mapping[str, Any], cfg: Mapping[str, Any], model: nn.Module,
-                     train_ds: DetectionDataset, where: str) -> None:
-        saved, classes = checkpoint["config"], list(train_ds.classes)
-        if list(checkpoint.get("classes", [])) != classes:
-            raise ValueError(f"checkpoint {where} was trained on {len(checkpoint.get('classes', []))} classes "
-                             f"{list(checkpoint.get('classes', []))[:6]}, but dataset {cfg['dataset']!r} has "
-                             f"{len(classes)}: {classes[:6]}")
-        changed = [k for k in MODEL_KEYS if saved.get(k) != cfg.get(k)]
-        if changed:
-            raise ValueError(f"checkpoint {where} holds {describe_model(saved)}; the model options "
-                             f"{', '.join(f'{k}={cfg.get(k)!r} (saved {saved.get(k)!r})' for k in changed)} differ")
-        check_model_state(model, checkpoint["model"], where=where)
 
     def to_device(self, inputs: Images, targets: Targets, device: torch.device, channels_last: bool
                   ) -> Tuple[Images, Targets]:

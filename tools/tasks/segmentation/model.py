@@ -14,7 +14,7 @@ from torch import nn
 from backbones.norm import NORMS
 from heads import build_segmentor
 
-from ...engine.config import yaml_mapping
+from ...engine.config import flag_defaults, yaml_mapping
 
 __all__ = ["MODEL_KEYS", "MODEL_DEFAULTS", "add_model_args", "build_model", "describe_model"]
 
@@ -34,13 +34,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                                                                   "with this loss weight")
 
 
-def _model_actions() -> Dict[str, Any]:
-    parser = argparse.ArgumentParser(add_help=False)
-    add_model_args(parser)
-    return {a.dest: a.default for a in parser._actions}
-
-
-MODEL_DEFAULTS: Dict[str, Any] = _model_actions()
+MODEL_DEFAULTS: Dict[str, Any] = flag_defaults(add_model_args)
 # The config keys that decide the model's parameters; a checkpoint only loads into a model built with the same.
 MODEL_KEYS: Tuple[str, ...] = tuple(MODEL_DEFAULTS)
 

@@ -13,7 +13,7 @@ from torch import nn
 from ...data import SegmentationDataset, build_dataset
 from ...data.loaders import build_eval_loader, build_train_loader
 from ...data.transforms import eval_transform, normalize, train_transform
-from ...engine.checkpoint import TASK_KEYS, check_model_state
+from ...engine.checkpoint import TASK_KEYS
 from ...engine.distributed import DistInfo
 from ...engine.precision import autocast
 from ...engine.task import Evaluation, Loaders, Task
@@ -79,19 +79,6 @@ class SegmentationTask(Task):
 
     def describe_model(self, cfg: Mapping[str, Any], num_classes: Optional[int] = None) -> str:
         return describe_model(cfg, num_classes)
-
-    def check_resume(self, checkpoint: Mapping[str, Any], cfg: Mapping[str, Any], model: nn.Module,
-                     train_ds: SegmentationDataset, where: str) -> None:
-        saved, classes = checkpoint["config"], train_ds.classes
-        if list(checkpoint.get("classes", [])) != list(classes):
-            raise ValueError(f"checkpoint {where} was trained on {len(checkpoint.get('classes', []))} classes "
-                             f"{list(checkpoint.get('classes', []))[:6]}..., but dataset {cfg['dataset']!r} has "
-                             f"{len(classes)}: {list(classes)[:6]}...")
-        changed = [k for k in MODEL_KEYS if saved.get(k) != cfg.get(k)]
-        if changed:
-            raise ValueError(f"checkpoint {where} holds {describe_model(saved)}; the model options "
-                             f"{', '.join(f'{k}={cfg.get(k)!r} (saved {saved.get(k)!r})' for k in changed)} differ")
-        check_model_state(model, checkpoint["model"], where=where)
 
     def to_device(self, inputs: torch.Tensor, targets: torch.Tensor, device: torch.device, channels_last: bool
                   ) -> Tuple[torch.Tensor, torch.Tensor]:
