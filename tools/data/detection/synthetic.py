@@ -88,17 +88,9 @@ def _draw_shape(rng: np.random.Generator, kind: str, cx: float, cy: float, exten
     return region.astype(bool)
 
 
-def _class_colour(rng: np.random.Generator, label: int) -> np.ndarray:
-    """An RGB colour of class ``label``'s own hue sector (a quarter of the hue circle, centred on the class's
-    palette hue), with random saturation and brightness."""
-    hue = (label - 1) / len(DETECTION_SHAPES) + rng.uniform(-0.1, 0.1)
-    hsv = np.array([[[180 * (hue % 1.0), rng.uniform(150, 255), rng.uniform(110, 255)]]], np.float32)
-    return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
-
-
 def make_instances(seed: int, split: str, index: int, *, size: int = 128, max_objects: int = 5,
-                   size_range: Tuple[float, float] = SIZE_RANGE, clutter: float = CLUTTER,
-                   class_hues: bool = False) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   size_range: Tuple[float, float] = SIZE_RANGE, clutter: float = CLUTTER
+                   ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image and its objects, a pure function of ``(seed, split, index)``.
 
     Returns:
@@ -131,7 +123,7 @@ def make_instances(seed: int, split: str, index: int, *, size: int = 128, max_ob
         # A colour far from what lies under the shape, so its outline always shows.
         local = img[inside].mean(0)
         for _ in range(10):
-            colour = _class_colour(rng, label) if class_hues else rng.uniform(0, 255, 3).astype(np.float32)
+            colour = rng.uniform(0, 255, 3).astype(np.float32)
             if np.linalg.norm(colour - local) > 90:
                 break
         texture = cv2.resize(rng.normal(0, 10, (4, 4, 3)).astype(np.float32), (size, size))
