@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_runtime_args(p, amp_help="mixed precision: bf16 (CPU or CUDA), fp16 (CUDA) or none (fp32); auto: bf16 "
                                  "where the device runs it natively (CPU with AVX-512 BF16 or AMX, CUDA compute "
                                  "capability 8.0+), else none. config.yaml holds the resolved choice")
-    p.set_defaults(batch_size=8, lr_schedule="cosine", warmup_iters=50)
+    p.set_defaults(batch_size=8, val_batch_size=8, lr_schedule="cosine", warmup_iters=50)
     return p
 
 

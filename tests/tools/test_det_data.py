@@ -256,13 +256,13 @@ def test_synthetic_is_deterministic_per_split_index_and_seed():
     for i in range(4):
         (ia, ta), (ib, tb) = a.load(i), b.load(i)
         assert np.array_equal(ia, ib) and all(np.array_equal(ta[k], tb[k]) for k in ta)
-    image, _, _ = make_instances(3, "val", 2, size=128)
+    image, _, _ = make_instances(3, "val", 2)
     assert np.array_equal(image, a.load(2)[0])
     assert not np.array_equal(image, make_instances(4, "val", 2)[0])
     assert not np.array_equal(image, make_instances(3, "train", 2)[0])
     assert (len(build_detection_dataset("synthetic", split="train")),
             len(build_detection_dataset("synthetic", split="val"))) == (512, 64)
-    assert a.image_size(0) == (128, 128) and a.image_id(3) == 3
+    assert a.image_size(0) == (96, 96) and a.image_id(3) == 3
 
 
 def test_synthetic_coco_gt_scores_its_own_targets():

@@ -98,8 +98,8 @@ def test_defaults_follow_the_initialization_as_torchvisions_references(tmp_path)
     config, _ = resolve_config([])
     assert (config["detector"], config["backbone"], config["norm"], config["frozen_stages"]) == \
         ("fcos", "resnet18", "auto", "auto")
-    resolve_model_options(config, image_size=128)
-    assert (config["norm"], config["frozen_stages"], config["min_size"], config["max_size"]) == ("bn", -1, 128, 128)
+    resolve_model_options(config, image_size=96)
+    assert (config["norm"], config["frozen_stages"], config["min_size"], config["max_size"]) == ("bn", -1, 96, 96)
     pretrained = {"pretrained": "imagenet", "norm": "auto", "frozen_stages": "auto", "min_size": "auto",
                   "max_size": "auto"}
     resolve_model_options(pretrained, image_size=None)  # a real dataset: torchvision's COCO sizes
@@ -148,3 +148,15 @@ def test_detection_configs_hold_only_known_keys_and_valid_values(path):
     from tools.engine.config import load_config_file
 
     assert load_config_file(path, build_parser())
+
+
+def test_the_default_runs_config_file_is_the_default_run():
+    from tools.engine.optim import DEFAULT_LR
+    from tools.train_det import resolve_config
+    from tools.tasks.detection.task import DEFAULT_ITERS
+
+    written, _ = resolve_config(["--config", str(DET_CONFIGS[0].parent / "synthetic_fcos_r18.yaml")])
+    defaults, _ = resolve_config([])
+    defaults.update(iters=DEFAULT_ITERS, lr=DEFAULT_LR[defaults["optimizer"]])  # as the trainer fills them
+    assert {k: v for k, v in written.items() if k != "config"} == {k: v for k, v in defaults.items()
+                                                                   if k != "config"}

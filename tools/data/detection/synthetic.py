@@ -22,7 +22,7 @@ __all__ = ["DETECTION_SHAPES", "SPLITS", "DEFAULT_SIZES", "IMAGE_SIZE", "SIZE_RA
 DETECTION_SHAPES = ("rectangle", "ellipse", "triangle", "cross")
 SPLITS = {"train": 0, "val": 1, "test": 2}
 DEFAULT_SIZES = {"train": 512, "val": 64, "test": 64}
-IMAGE_SIZE = 128  # side of the square images
+IMAGE_SIZE = 96  # side of the square images
 PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48))
 
 # An object's extent is log-uniform in this fraction of the image side, so small, medium and large objects
@@ -88,7 +88,7 @@ def _draw_shape(rng: np.random.Generator, kind: str, cx: float, cy: float, exten
     return region.astype(bool)
 
 
-def make_instances(seed: int, split: str, index: int, *, size: int = 128, max_objects: int = 5,
+def make_instances(seed: int, split: str, index: int, *, size: int = IMAGE_SIZE, max_objects: int = 5,
                    size_range: Tuple[float, float] = SIZE_RANGE, clutter: float = CLUTTER
                    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One image and its objects, a pure function of ``(seed, split, index)``.

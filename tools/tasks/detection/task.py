@@ -24,7 +24,7 @@ from .visualize import detection_comparison
 
 __all__ = ["DetectionTask", "DETECTION", "DEFAULT_ITERS"]
 
-DEFAULT_ITERS = 600
+DEFAULT_ITERS = 500
 
 
 class DetectionTask(Task):
