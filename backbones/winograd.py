@@ -38,9 +38,9 @@ __all__ = ["AVX512_MIN_CHANNELS", "AVX2_MIN_CHANNELS", "MIN_CHANNELS_BY_CLASS", 
 # Below this many input or output channels the memory-bound transforms can cost more than the saved
 # multiply-adds when memory bandwidth is contended (measured on AVX-512 CPUs, see docs/performance.md).
 AVX512_MIN_CHANNELS = 256
-# The floor for AVX2 CPUs (and those below): not measured there yet, so the AVX-512 floor until a measurement of
-# deploy(winograd=True) against winograd=False per channel width on an AVX2 machine sets it.
-AVX2_MIN_CHANNELS = AVX512_MIN_CHANNELS
+# The floor for AVX2 CPUs (and those below): floors of 64 to 512 channels and Winograd off were timed side by side
+# on an AVX2 CPU, and 256 was the fastest there too (docs/performance.md, "Winograd's floor on AVX2").
+AVX2_MIN_CHANNELS = 256
 # deploy()'s Winograd floor per CPU class (backbones.machine.cpu_class): where Winograd's saved multiply-adds
 # outweigh its memory-bound transforms depends on the direct kernel's vector width and the memory bandwidth.
 MIN_CHANNELS_BY_CLASS: Dict[str, int] = {

@@ -77,6 +77,9 @@ def test_readme_python_examples_run(hub_dir, randomize):
     assert tuple(scope["logits"].shape) == (1, 21, 512, 1024)
     exec(compile(more, "README detection/smp/timm examples", "exec"), scope)
     assert str(scope["bb"].feature_info) in more
+    found = scope["found"]
+    assert set(found) == {"boxes", "scores", "labels"} and found["boxes"].shape[1:] == (4,)
+    assert found["scores"].shape == found["labels"].shape == found["boxes"].shape[:1]
 
 
 def pipeline_blocks():
